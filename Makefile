@@ -1,0 +1,39 @@
+# Two commands on a fresh machine with Python 3.11+ and git:
+#   make demo   install everything, then run the main job on the embedded defaults
+#   make test   install everything (with test extras), then run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+UV      = $(VENV)/bin/uv
+PYTEST_ARGS ?=
+
+.PHONY: demo test install dev bench lint clean
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.8"
+
+# uv sync installs exactly the versions in uv.lock (--inexact keeps uv itself in the venv).
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --quiet --frozen --inexact --extra test
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/quant-assets demo
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+dev: install
+	$(VENV)/bin/quant-assets dev
+
+bench: install
+	$(VENV)/bin/python benchmarks/bench_features_labels.py
+
+lint: install
+	$(VENV)/bin/ruff check quant_assets quant_assets_tests benchmarks
+	$(VENV)/bin/ruff format --check quant_assets quant_assets_tests benchmarks
+
+clean:
+	rm -rf $(VENV) .dagster_home artifacts/*/ artifacts/mlflow

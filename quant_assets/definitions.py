@@ -1,0 +1,27 @@
+"""The Dagster code location: every asset, check, resource and sensor of quant-assets, from Settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from quant_assets.defs.features import cross_sectional_ranks, features
+from quant_assets.defs.labels import labels
+from quant_assets.defs.ohlcv import ohlcv, ohlcv_checks
+from quant_assets.defs.resources import resources_from_settings
+from quant_assets.defs.symbols import build_watchlist_sensor
+from quant_assets.lib.settings import Settings, load_settings
+
+ASSETS = [ohlcv, features, cross_sectional_ranks, labels]
+ASSET_CHECKS = [*ohlcv_checks]
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ASSET_CHECKS,
+        resources=resources_from_settings(settings),
+        sensors=[build_watchlist_sensor(settings.watchlist_path)],
+    )
+
+
+defs = build_defs(load_settings())

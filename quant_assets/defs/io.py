@@ -1,0 +1,68 @@
+"""A partition-aware IO manager: one Parquet file per asset partition under the artifacts root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from quant_assets.lib.storage import read_parquet, write_parquet_atomic
+
+
+def partition_path(root: str | Path, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+    """`<root>/<asset>/<symbol>/<timeframe>.parquet` for symbol|timeframe partitions,
+    `<root>/<asset>/<key>.parquet` for single-dimension ones, `<root>/<asset>.parquet` otherwise."""
+    base = Path(root).joinpath(*asset_key.path)
+    if partition_key is None:
+        return base.with_suffix(".parquet")
+    if "|" in partition_key:
+        symbol, timeframe = partition_key.split("|", 1)
+        return base / symbol / f"{timeframe}.parquet"
+    return base / f"{partition_key}.parquet"
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Stores polars frames as Parquet, atomically; loads one partition as a frame, several as a dict."""
+
+    root: str
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | None) -> None:
+        if obj is None:  # an asset that skipped its partition (e.g. too little data) stores nothing
+            return
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: ParquetIOManager stores polars DataFrames, "
+                f"got {type(obj).__name__}"
+            )
+        key = context.partition_key if context.has_partition_key else None
+        path = write_parquet_atomic(obj, partition_path(self.root, context.asset_key, key))
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+        asset_key = context.asset_key
+        if not context.has_asset_partitions:
+            return self._read(partition_path(self.root, asset_key, None), asset_key, None)
+        keys = list(context.asset_partition_keys)
+        if len(keys) == 1 and not self._wants_mapping(context):
+            return self._read(partition_path(self.root, asset_key, keys[0]), asset_key, keys[0])
+        frames: dict[str, pl.DataFrame] = {}
+        for key in keys:
+            path = partition_path(self.root, asset_key, key)
+            if path.exists():  # partitions that were skipped upstream are simply absent
+                frames[key] = read_parquet(path)
+        return frames
+
+    @staticmethod
+    def _wants_mapping(context: dg.InputContext) -> bool:
+        annotation = getattr(context.dagster_type, "typing_type", None)
+        return annotation is not None and getattr(annotation, "__origin__", annotation) is dict
+
+    @staticmethod
+    def _read(path: Path, asset_key: dg.AssetKey, key: str | None) -> pl.DataFrame:
+        if not path.exists():
+            where = f" partition {key}" if key else ""
+            raise FileNotFoundError(
+                f"{asset_key.to_user_string()}{where} has not been materialized (no file at {path})"
+            )
+        return read_parquet(path)

@@ -1,0 +1,128 @@
+"""Probability calibration of a classifier from its out-of-fold predictions (isotonic or Platt), and
+reliability-diagram plots for the Dagster UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from quant_assets.lib.metrics import calibration_curve_table, expected_calibration_error
+
+CalibrationMethod = Literal["isotonic", "sigmoid"]
+
+# Platt scaling works on logit(p); clipping keeps p = 0 or 1 finite there.
+_LOGIT_EPS = 1e-12
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _LOGIT_EPS, 1 - _LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _probabilities(prob: Any, name: str = "prob") -> np.ndarray:
+    p = np.asarray(prob, dtype=np.float64)
+    outside = ~((p >= 0) & (p <= 1))
+    if p.ndim != 1 or outside.any():
+        where = (
+            f"row {int(outside.argmax())} is {p[outside.argmax()]}"
+            if p.ndim == 1
+            else f"shape {p.shape}"
+        )
+        raise ValueError(f"{name} must be a 1-d array of probabilities in [0, 1]; {where}")
+    return p
+
+
+class Calibrator:
+    """A fitted monotone map from raw to calibrated probabilities; small and picklable.
+
+    isotonic: a step function (scikit-learn IsotonicRegression, clipped outside the fitted range).
+    sigmoid: Platt scaling, sigmoid(slope * logit(p) + intercept).
+    """
+
+    def __init__(
+        self,
+        method: CalibrationMethod,
+        isotonic: IsotonicRegression | None = None,
+        slope: float = 1.0,
+        intercept: float = 0.0,
+    ) -> None:
+        self.method = method
+        self.isotonic = isotonic
+        self.slope = slope
+        self.intercept = intercept
+
+    def predict(self, prob: Any) -> np.ndarray:
+        p = _probabilities(prob)
+        if self.method == "isotonic":
+            return self.isotonic.predict(p)
+        return 1.0 / (1.0 + np.exp(-(self.slope * _logit(p) + self.intercept)))
+
+    def __repr__(self) -> str:
+        if self.method == "isotonic":
+            return f"Calibrator(isotonic, {len(self.isotonic.X_thresholds_)} thresholds)"
+        return f"Calibrator(sigmoid, slope={self.slope:.4g}, intercept={self.intercept:.4g})"
+
+
+def fit_calibrator(oof_prob: Any, y: Any, method: CalibrationMethod) -> Calibrator:
+    """Calibrator fitted on out-of-fold probabilities and their 0/1 labels.
+
+    Fit it on predictions the model made for rows it was not trained on (CV test folds): in-sample
+    predictions are over-confident in a way the calibrator would learn and then misapply.
+    """
+    p = _probabilities(oof_prob, "oof_prob")
+    labels = np.asarray(y)
+    if labels.shape != p.shape:
+        raise ValueError(f"oof_prob has shape {p.shape} but y has {labels.shape}")
+    if not np.isin(labels, (0, 1)).all() or np.unique(labels).size < 2:
+        raise ValueError("y must hold 0/1 labels of both classes to fit a calibrator")
+    if method == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, labels)
+        return Calibrator("isotonic", isotonic=iso)
+    if method == "sigmoid":
+        # unpenalised: the two Platt parameters are fitted on many rows, no shrinkage wanted
+        platt = LogisticRegression(C=np.inf).fit(_logit(p)[:, None], labels)
+        return Calibrator(
+            "sigmoid", slope=float(platt.coef_[0, 0]), intercept=float(platt.intercept_[0])
+        )
+    raise ValueError(f"unknown calibration method {method!r}; expected 'isotonic' or 'sigmoid'")
+
+
+def calibration_plot_png(
+    curves: dict[str, tuple[Any, Any]],
+    path: str | Path,
+    n_bins: int = 10,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Write a reliability diagram of each named (y, prob) pair to the PNG `path` and return it.
+
+    Top panel: fraction of positives against mean prediction per bin (ECE in the legend) and the
+    diagonal of perfect calibration; bottom panel: histogram of the predictions on the same bins.
+    """
+    if not curves:
+        raise ValueError("calibration_plot_png needs at least one (y, prob) curve")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a bare Figure renders with Agg without touching pyplot's global state or any display
+    fig = Figure(figsize=(6.4, 7.2), dpi=110, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot(
+        [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated"
+    )
+    edges = np.arange(n_bins + 1) / n_bins
+    for name, (y, prob) in curves.items():
+        table = calibration_curve_table(y, prob, n_bins).drop_nulls("mean_pred")
+        ece = expected_calibration_error(y, prob, n_bins)
+        top.plot(table["mean_pred"], table["frac_pos"], marker="o", label=f"{name} (ECE {ece:.4f})")
+        bottom.hist(np.asarray(prob, dtype=np.float64), bins=edges, histtype="step", label=name)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction of positives", title=title)
+    top.legend(loc="upper left", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.set(xlabel="predicted probability", ylabel="rows")
+    bottom.grid(alpha=0.3)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,141 @@
+"""Project settings: documented defaults, overridden by a TOML config file, then by environment.
+
+Precedence (lowest first): the defaults below; `quant_assets.toml` in the working directory (or the
+file named by QUANT_ASSETS_CONFIG); environment variables. Every setting and its default is listed in
+README.md ("Settings").
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from quant_assets.lib.errors import QuantAssetsError
+from quant_assets.lib.symbols import normalize_symbol
+from quant_assets.lib.timeframes import check_timeframe
+
+DEFAULT_UNIVERSE: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SPY", "AAPL")
+DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1h", "4h", "1d")
+CONFIG_FILE_NAME = "quant_assets.toml"
+
+
+class SettingsError(QuantAssetsError, ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: where bars come from: "synthetic" | "files:<dir>" | "postgres:<url>"
+    source: str = "synthetic"
+    #: root of every file the pipeline writes (Parquet, MLflow store, SQL tables)
+    artifacts: str = "./artifacts"
+    #: Dagster instance directory; created on first use
+    dagster_home: str = "./.dagster_home"
+    #: MLflow tracking URI; empty means a SQLite store under the artifacts root
+    mlflow_tracking_uri: str = ""
+    #: symbols registered by `quant-assets demo`
+    universe: tuple[str, ...] = DEFAULT_UNIVERSE
+    #: timeframes materialized by default
+    timeframes: tuple[str, ...] = DEFAULT_TIMEFRAMES
+    #: a text file with one symbol per line; the watchlist sensor keeps the partitions in step
+    watchlist: str = "./watchlist.txt"
+    #: seed of the synthetic source
+    synthetic_seed: int = 7
+    #: first bar of the synthetic source (ISO date, UTC)
+    synthetic_start: str = "2023-01-01"
+    #: synthetic data without learnable structure (a driftless random walk)
+    synthetic_random_walk: bool = False
+    #: table read by the postgres source
+    postgres_table: str = "trading.historical_data"
+    #: where this came from, for logs
+    origin: tuple[str, ...] = field(default=("defaults",), compare=False)
+
+    def resolved_path(self, value: str) -> Path:
+        return Path(value).expanduser().resolve()
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.resolved_path(self.artifacts)
+
+    @property
+    def dagster_home_path(self) -> Path:
+        return self.resolved_path(self.dagster_home)
+
+    @property
+    def watchlist_path(self) -> Path:
+        return self.resolved_path(self.watchlist)
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.artifacts_path / 'mlflow' / 'mlflow.db'}"
+
+
+_ENV = {
+    "source": "QUANT_ASSETS_SOURCE",
+    "artifacts": "QUANT_ASSETS_ARTIFACTS",
+    "dagster_home": "DAGSTER_HOME",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "universe": "QUANT_ASSETS_UNIVERSE",
+    "timeframes": "QUANT_ASSETS_TIMEFRAMES",
+    "watchlist": "QUANT_ASSETS_WATCHLIST",
+    "synthetic_seed": "QUANT_ASSETS_SYNTHETIC_SEED",
+    "synthetic_start": "QUANT_ASSETS_SYNTHETIC_START",
+    "synthetic_random_walk": "QUANT_ASSETS_SYNTHETIC_RANDOM_WALK",
+    "postgres_table": "QUANT_ASSETS_POSTGRES_TABLE",
+}
+ENV_VARS: dict[str, str] = dict(_ENV)
+
+
+def _coerce(name: str, value: object, where: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[union-attr]
+            items = [str(i).strip() for i in items if str(i).strip()]
+            if name == "universe":
+                return tuple(normalize_symbol(i) for i in items)
+            return tuple(check_timeframe(i) for i in items)
+        if kind == "int":
+            return int(value)  # type: ignore[arg-type]
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
+                raise ValueError(f"{value!r} is not a boolean")
+            return text in {"1", "true", "yes", "on"}
+        return str(value)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"{where}: setting {name!r}: {exc}") from exc
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from defaults, then the config file (if present), then the environment."""
+    values: dict[str, object] = {}
+    origin = ["defaults"]
+    path = Path(config_file or os.environ.get("QUANT_ASSETS_CONFIG") or CONFIG_FILE_NAME)
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+        table = data.get("quant_assets", data)
+        known = {f.name for f in fields(Settings)} - {"origin"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise SettingsError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        for name, value in table.items():
+            values[name] = _coerce(name, value, str(path))
+        origin.append(str(path))
+    elif config_file is not None or os.environ.get("QUANT_ASSETS_CONFIG"):
+        raise SettingsError(f"config file {path} does not exist")
+    for name, var in _ENV.items():
+        raw = os.environ.get(var)
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, f"environment variable {var}")
+            origin.append(var)
+    return replace(Settings(), **values, origin=tuple(origin))  # type: ignore[arg-type]

@@ -1,0 +1,47 @@
+"""Parquet files under the artifacts root, written atomically (temporary file, fsync, rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write `frame` to `path` so a reader sees either the old file or the new one, never half."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            frame.write_parquet(handle, compression="zstd", statistics=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pl.DataFrame:
+    return pl.read_parquet(path)
+
+
+def frame_fingerprint(frame: pl.DataFrame) -> str:
+    """A short, stable content hash of a frame (schema and values), used as a data version."""
+    digest = hashlib.sha256()
+    digest.update(repr(list(frame.schema.items())).encode())
+    for name in frame.columns:
+        column = frame.get_column(name)
+        digest.update(name.encode())
+        if column.dtype.is_numeric() or column.dtype.is_temporal() or column.dtype == pl.Boolean:
+            values = column.to_physical()
+            digest.update(values.is_null().to_numpy().tobytes())
+            digest.update(values.fill_null(0).to_numpy().tobytes())
+        else:
+            digest.update("\x1f".join(map(str, column.to_list())).encode())
+    return digest.hexdigest()[:16]

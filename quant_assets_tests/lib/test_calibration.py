@@ -1,0 +1,79 @@
+"""Calibrators fitted on one sample fix a miscalibrated predictor on another; the plot is a real PNG."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quant_assets.lib.calibration import calibration_plot_png, fit_calibrator
+from quant_assets.lib.metrics import expected_calibration_error
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _overconfident_sample(seed: int, n: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """(y, p) where p = sigmoid(2 * logit(true_p)): right ranking, twice too confident."""
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(0.0, 1.5, n)
+    y = (rng.random(n) < _sigmoid(true_logit)).astype(int)
+    return y, _sigmoid(2.0 * true_logit)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibration_reduces_ece_on_a_separate_sample(method: str) -> None:
+    y_fit, p_fit = _overconfident_sample(seed=1)
+    y_eval, p_eval = _overconfident_sample(seed=2)
+    calibrator = fit_calibrator(p_fit, y_fit, method)  # type: ignore[arg-type]
+    before = expected_calibration_error(y_eval, p_eval)
+    after = expected_calibration_error(y_eval, calibrator.predict(p_eval))
+    assert before > 0.08  # measured 0.106; after: isotonic 0.014, sigmoid 0.007
+    assert after < 0.02 and after < before / 4
+
+
+def test_platt_scaling_recovers_the_distortion() -> None:
+    # logit(p) = 2 * true logit, so the exact fix is slope 1/2, intercept 0
+    y, p = _overconfident_sample(seed=3, n=50_000)
+    calibrator = fit_calibrator(p, y, "sigmoid")
+    assert calibrator.slope == pytest.approx(0.5, abs=0.03)
+    assert calibrator.intercept == pytest.approx(0.0, abs=0.03)
+
+
+def test_calibrators_are_monotone_picklable_and_bounded() -> None:
+    y, p = _overconfident_sample(seed=4, n=5_000)
+    grid = np.linspace(0.0, 1.0, 501)
+    for method in ("isotonic", "sigmoid"):
+        calibrator = fit_calibrator(p, y, method)  # type: ignore[arg-type]
+        out = calibrator.predict(grid)
+        assert np.all(np.diff(out) >= 0)
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        restored = pickle.loads(pickle.dumps(calibrator))
+        assert np.array_equal(restored.predict(grid), out)
+
+
+def test_fit_calibrator_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        fit_calibrator([0.2, 0.4], [1, 1], "isotonic")
+    with pytest.raises(ValueError, match="row 1 is 1.5"):
+        fit_calibrator([0.2, 1.5], [0, 1], "sigmoid")
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_calibrator([0.2, 0.4], [0, 1], "beta")  # type: ignore[arg-type]
+
+
+def test_calibration_plot_png_writes_a_real_image(tmp_path: Path) -> None:
+    y_fit, p_fit = _overconfident_sample(seed=5, n=5_000)
+    y, p = _overconfident_sample(seed=6, n=5_000)
+    calibrated = fit_calibrator(p_fit, y_fit, "isotonic").predict(p)
+    path = calibration_plot_png(
+        {"raw": (y, p), "isotonic": (y, calibrated)}, tmp_path / "plots" / "reliability.png"
+    )
+    assert path == tmp_path / "plots" / "reliability.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 5_000
+    with pytest.raises(ValueError, match="at least one"):
+        calibration_plot_png({}, tmp_path / "empty.png")
