@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from quant_assets.lib.errors import QuantAssetsError
+from quant_assets.lib.errors import DataValidationError, QuantAssetsError
 from quant_assets.lib.settings import ENV_VARS, Settings, load_settings
 
 DEFAULT_INSTANCE_YAML = """\
@@ -130,7 +130,12 @@ def _valid_timeframes(
     source = resources_from_settings(settings)["market_data"].get_source()
     finest: dict[str, str] = {}
     for symbol in symbols:
-        finest[symbol] = min(source.native_timeframes(symbol), key=timeframe_seconds)
+        try:
+            finest[symbol] = min(source.native_timeframes(symbol), key=timeframe_seconds)
+        except DataValidationError:
+            continue  # bad data fails inside the Dagster run, where the error is recorded
+    if not finest:
+        return timeframes
     coarse_enough = [
         t
         for t in timeframes

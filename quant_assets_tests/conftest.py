@@ -28,3 +28,30 @@ def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("QUANT_ASSETS_WATCHLIST", str(tmp_path / "watchlist.txt"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated MLflow SQLite store per session (creating one costs seconds of migrations)."""
+    from quant_assets.lib.tracking import Tracker
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    import sqlite3
+
+    Tracker(f"sqlite:///{path}").client.search_experiments()
+    with sqlite3.connect(path) as connection:  # fold the WAL into the file before it is copied
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(project_dir: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh MLflow tracking store for this test (a copy of the template), set in the environment."""
+    import shutil
+
+    target = project_dir / "artifacts" / "mlflow" / "mlflow.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mlflow_template_db, target)
+    uri = f"sqlite:///{target}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -42,14 +42,19 @@ def temporary_postgres_database(prefix: str = "qa_test") -> Iterator[str]:
     admin_url = make_url(postgres_admin_url())
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     # CREATE/DROP DATABASE cannot run inside a transaction.
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    where = f"PostgreSQL at {admin_url.render_as_string(hide_password=True)}"
+    admin = sa.create_engine(
+        admin_url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": 5},
+    )
+    where = f"PostgreSQL at {admin_url.host}:{admin_url.port or 5432} (from {PG_URL_VAR} or its default)"
     try:
         with admin.connect() as connection:
             connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except sa.exc.OperationalError as error:
         admin.dispose()
-        require_service(where, error)
+        require_service(where, error.orig if isinstance(error.orig, Exception) else error)
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:

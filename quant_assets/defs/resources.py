@@ -12,6 +12,7 @@ from quant_assets.defs.io import ParquetIOManager, partition_path
 from quant_assets.lib.settings import Settings
 from quant_assets.lib.sources import MarketDataSource, source_from_spec
 from quant_assets.lib.storage import read_parquet
+from quant_assets.lib.tracking import Tracker
 
 
 class MarketDataResource(dg.ConfigurableResource):
@@ -50,6 +51,15 @@ class ArtifactStore(dg.ConfigurableResource):
         return read_parquet(path) if path.exists() else None
 
 
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry (MLFLOW_TRACKING_URI; default SQLite under the artifacts root)."""
+
+    tracking_uri: str
+
+    def get_tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri)
+
+
 def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     root = str(settings.artifacts_path)
     return {
@@ -62,4 +72,5 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
         ),
         "artifacts": ArtifactStore(root=root),
         "io_manager": ParquetIOManager(root=root),
+        "mlflow": MlflowResource(tracking_uri=settings.mlflow_uri),
     }

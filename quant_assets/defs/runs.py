@@ -99,15 +99,15 @@ def plan_runs(
 
 
 def _blocked_by(run: PlannedRun, failures: Iterable[PlannedRun]) -> PlannedRun | None:
-    """An earlier failed run whose partition this run reads."""
+    """An earlier failed run this run may read: one of the same symbol (any timeframe, since
+    features read coarser timeframes), or a cross-sectional run of the same timeframe."""
     for failed in failures:
         if failed.stage >= run.stage:
             continue
-        same_symbol = failed.symbol is None or run.symbol is None or failed.symbol == run.symbol
-        same_timeframe = (
-            failed.timeframe is None or run.timeframe is None or failed.timeframe == run.timeframe
-        )
-        if same_symbol and same_timeframe:
+        if failed.symbol is not None and run.symbol is not None:
+            if failed.symbol == run.symbol:
+                return failed
+        elif failed.timeframe is None or run.timeframe is None or failed.timeframe == run.timeframe:
             return failed
     return None
 
@@ -136,8 +136,13 @@ def execute_plan(
     on_progress: Callable[[int, int, RunOutcome], None] | None = None,
     tags: dict[str, str] | None = None,
     log_level: str = "WARNING",
+    asset_config: dict[str, dict] | None = None,
 ) -> list[RunOutcome]:
-    """Run the plan in order; a run whose inputs failed earlier is skipped, the rest go on."""
+    """Run the plan in order; a run whose inputs failed earlier is skipped, the rest go on.
+
+    `asset_config` maps an asset name to its Config values (as in the Launchpad's `ops:` section);
+    each run gets the entries of the assets it materializes.
+    """
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     resources = dict(defs.resources or {})
     outcomes: list[RunOutcome] = []
@@ -148,7 +153,7 @@ def execute_plan(
             outcome = RunOutcome(planned, "skipped", error=f"upstream failed: {blocker.label}")
             failures.append(planned)
         else:
-            outcome = _run_one(assets, resources, planned, instance, tags or {}, log_level)
+            outcome = _run_one(assets, resources, planned, instance, tags or {}, log_level, asset_config or {})
             if outcome.status != "success":
                 failures.append(planned)
         outcomes.append(outcome)
@@ -157,10 +162,12 @@ def execute_plan(
     return outcomes
 
 
-def _run_one(assets, resources, planned: PlannedRun, instance, tags, log_level) -> RunOutcome:
+def _run_one(assets, resources, planned: PlannedRun, instance, tags, log_level, asset_config) -> RunOutcome:
     started = time.perf_counter()
+    names = {k.to_user_string() for k in planned.asset_keys}
+    ops = {name: {"config": cfg} for name, cfg in asset_config.items() if name in names}
     result = dg.materialize(
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, "ops": ops},
         assets=assets,
         selection=dg.AssetSelection.assets(*planned.asset_keys),
         partition_key=planned.partition_key,

@@ -62,6 +62,30 @@ class Calibrator:
             return self.isotonic.predict(p)
         return 1.0 / (1.0 + np.exp(-(self.slope * _logit(p) + self.intercept)))
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (no pickle): the isotonic steps, or the two Platt parameters."""
+        if self.method == "isotonic":
+            return {
+                "method": "isotonic",
+                "x": self.isotonic.X_thresholds_.tolist(),
+                "y": self.isotonic.y_thresholds_.tolist(),
+            }
+        return {"method": "sigmoid", "slope": self.slope, "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibrator:
+        """Rebuild a calibrator written by `to_dict`; its predictions are identical."""
+        if data["method"] == "isotonic":
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            x = np.asarray(data["x"], dtype=np.float64)
+            y = np.asarray(data["y"], dtype=np.float64)
+            # refitting on the thresholds themselves reproduces the same step function exactly
+            iso.fit(x, y)
+            return cls("isotonic", isotonic=iso)
+        if data["method"] == "sigmoid":
+            return cls("sigmoid", slope=float(data["slope"]), intercept=float(data["intercept"]))
+        raise ValueError(f"unknown calibration method {data['method']!r}")
+
     def __repr__(self) -> str:
         if self.method == "isotonic":
             return f"Calibrator(isotonic, {len(self.isotonic.X_thresholds_)} thresholds)"

@@ -48,12 +48,13 @@ def validate_bars(
     )
 
     _raise_at_first(bars, bars["timestamp"].is_null(), where, "missing timestamp")
-    for column in PRICE_COLUMNS:
-        _raise_at_first(
-            bars,
-            _bad_number(bars[column]) | (bars[column] <= 0),
-            where,
-            f"{column} is not a positive number",
+    bad_prices = {c: _bad_number(bars[c]) | (bars[c] <= 0).fill_null(True) for c in PRICE_COLUMNS}
+    any_bad = pl.DataFrame(bad_prices).select(pl.any_horizontal(PRICE_COLUMNS)).to_series()
+    if any_bad.any():
+        row = int(any_bad.arg_true()[0])
+        column = next(c for c in PRICE_COLUMNS if bad_prices[c][row])
+        raise DataValidationError(
+            where, f"{column} is not a positive number", row, _describe_row(bars, row)
         )
     _raise_at_first(
         bars,

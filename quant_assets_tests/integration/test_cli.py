@@ -1,98 +1,104 @@
-"""The `quant-assets` command end to end in a temporary directory, as a user would run it."""
+"""The `quant-assets` command end to end in a temporary directory, as a user would run it.
+
+Most calls go through `cli.main` in-process (the same code the console script runs, without paying
+Dagster's import per call); one test runs the installed console script itself.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from quant_assets.cli import main
+
 pytestmark = pytest.mark.slow
 
 
-def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("QUANT_ASSETS_", "DAGSTER_"))
-    }
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "quant_assets.cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory with no quant-assets environment: defaults apply."""
+    monkeypatch.setenv("DAGSTER_HOME", "unset")  # the CLI sets it; monkeypatch restores it afterwards
+    for var in list(os.environ):
+        if var.startswith(("QUANT_ASSETS_", "DAGSTER_")) and var != "QUANT_ASSETS_REQUIRE_SERVICES":
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
-def test_help_lists_commands_and_settings(tmp_path: Path) -> None:
-    out = _cli(tmp_path, "--help")
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_console_script_help() -> None:
+    script = shutil.which("quant-assets") or str(Path(os.sys.executable).parent / "quant-assets")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for word in ("demo", "symbols", "materialize", "QUANT_ASSETS_SOURCE", "DAGSTER_HOME"):
         assert word in out.stdout
-    out = _cli(tmp_path, "materialize", "--help")
+    out = subprocess.run([script, "materialize", "--help"], capture_output=True, text=True, timeout=120)
     assert "--select" in out.stdout and "--timeframes" in out.stdout
 
 
-def test_symbols_and_materialize_on_the_synthetic_source(tmp_path: Path) -> None:
-    assert _cli(tmp_path, "symbols", "list").stdout.startswith("no symbols registered")
-    out = _cli(tmp_path, "symbols", "add", "btc/usdt", "SPY")
-    assert out.returncode == 0 and "added: BTCUSDT, SPY" in out.stdout
-    bad = _cli(tmp_path, "symbols", "add", "BTC|USDT")
-    assert bad.returncode == 2 and "'|'" in bad.stderr
-    assert (tmp_path / "watchlist.txt").read_text().splitlines()[1:] == ["BTCUSDT", "SPY"]
+def test_symbols_and_materialize_on_the_synthetic_source(user_dir: Path, capsys) -> None:
+    code, out, _ = _run(capsys, "symbols", "list")
+    assert code == 0 and out.startswith("no symbols registered")
+    code, out, _ = _run(capsys, "symbols", "add", "btc/usdt", "SPY")
+    assert code == 0 and "added: BTCUSDT, SPY" in out
+    code, _, err = _run(capsys, "symbols", "add", "BTC|USDT")
+    assert code == 2 and "'|'" in err
+    assert (user_dir / "watchlist.txt").read_text().splitlines()[1:] == ["BTCUSDT", "SPY"]
 
-    out = _cli(
-        tmp_path, "materialize", "--select", "ohlcv", "--symbols", "BTCUSDT", "--timeframes", "1h"
-    )
-    assert out.returncode == 0, out.stderr
-    assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1h]" in out.stdout
-    assert "summary: 1 succeeded, 0 failed, 0 skipped" in out.stdout
-    assert (tmp_path / "artifacts" / "ohlcv" / "BTCUSDT" / "1h.parquet").exists()
+    code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--symbols", "BTCUSDT", "--timeframes", "1h")
+    assert code == 0, err
+    assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1h]" in out
+    assert "summary: 1 succeeded, 0 failed, 0 skipped" in out
+    assert (user_dir / "artifacts" / "ohlcv" / "BTCUSDT" / "1h.parquet").exists()
 
-    too_fine = _cli(tmp_path, "materialize", "--select", "ohlcv", "--timeframes", "5m")
-    assert too_fine.returncode == 2 and "finer than the source's data" in too_fine.stderr
-    unknown = _cli(tmp_path, "materialize", "--symbols", "DOGEUSDT")
-    assert unknown.returncode == 2 and "quant-assets symbols add DOGEUSDT" in unknown.stderr
+    code, _, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "5m")
+    assert code == 2 and "finer than the source's data" in err
+    code, _, err = _run(capsys, "materialize", "--symbols", "DOGEUSDT")
+    assert code == 2 and "quant-assets symbols add DOGEUSDT" in err
 
-    out = _cli(tmp_path, "symbols", "remove", "SPY")
-    assert "removed: SPY" in out.stdout
-    assert _cli(tmp_path, "symbols", "list").stdout.split() == ["BTCUSDT"]
+    code, out, _ = _run(capsys, "symbols", "remove", "SPY")
+    assert "removed: SPY" in out
+    code, out, _ = _run(capsys, "symbols", "list")
+    assert out.split() == ["BTCUSDT"]
 
-    # runs went to the project-local instance, visible to the UI
-    os.environ["DAGSTER_HOME"] = str(tmp_path / ".dagster_home")
-    try:
-        with dg.DagsterInstance.get() as instance:
-            runs = instance.get_runs()
-            assert len(runs) == 1 and runs[0].is_success
-            assert runs[0].tags["dagster/partition"] == "BTCUSDT|1h"
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    # runs went to the project-local instance (created on first use), where the UI finds them
+    home = user_dir / ".dagster_home"
+    assert (home / "dagster.yaml").exists()
+    assert os.environ["DAGSTER_HOME"] == str(home)
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].is_success
+        assert runs[0].tags["dagster/partition"] == "BTCUSDT|1h"
 
 
-def test_files_source_good_then_broken_csv(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) -> None:
+    data = user_dir / "data"
     data.mkdir()
-    rows = "".join(
-        f"2025-03-{d:02d},{100 + d},{102 + d},{99 + d},{101 + d},{101 + d},{10_000 + d}\n"
-        for d in range(3, 29)
-        if d not in (8, 9, 15, 16, 22, 23)
-    )
+    weekdays = [d for d in range(3, 29) if d not in (8, 9, 15, 16, 22, 23)]  # March 2025
+    rows = "".join(f"2025-03-{d:02d},{100 + d},{102 + d},{99 + d},{101 + d},{101 + d},{10_000 + d}\n" for d in weekdays)
     header = "Date,Open,High,Low,Close,Adj Close,Volume\n"
     (data / "SPY.csv").write_text(header + rows)
-    env = {"QUANT_ASSETS_SOURCE": f"files:{data}"}
-    assert _cli(tmp_path, "symbols", "add", "SPY", env=env).returncode == 0
-    out = _cli(tmp_path, "materialize", "--select", "ohlcv", "--timeframes", "1d", env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    parquet = tmp_path / "artifacts" / "ohlcv" / "SPY" / "1d.parquet"
+    monkeypatch.setenv("QUANT_ASSETS_SOURCE", f"files:{data}")
+    assert _run(capsys, "symbols", "add", "SPY")[0] == 0
+    code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "1d")
+    assert code == 0, out + err
+    assert "warn: ohlcv.ohlcv_freshness" in out  # March 2025 is long past
+    parquet = user_dir / "artifacts" / "ohlcv" / "SPY" / "1d.parquet"
     before = parquet.read_bytes()
 
     (data / "SPY.csv").write_text(header + rows + "2025-03-31,105,106,104,not-a-price,105,9000\n")
-    out = _cli(tmp_path, "materialize", "--select", "ohlcv", "--timeframes", "1d", env=env)
-    assert out.returncode == 1
-    assert "SPY.csv" in out.stderr and "close" in out.stderr.lower()
-    assert "summary: 0 succeeded, 1 failed" in out.stdout
+    code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "1d")
+    assert code == 1
+    assert "SPY.csv" in err and "'Close'" in err and "not-a-price" in err
+    assert "summary: 0 succeeded, 1 failed" in out
     assert parquet.read_bytes() == before

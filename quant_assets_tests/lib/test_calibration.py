@@ -77,3 +77,18 @@ def test_calibration_plot_png_writes_a_real_image(tmp_path: Path) -> None:
     assert len(data) > 5_000
     with pytest.raises(ValueError, match="at least one"):
         calibration_plot_png({}, tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibrator_json_round_trip_predicts_identically(method: str) -> None:
+    import json
+
+    from quant_assets.lib.calibration import Calibrator, fit_calibrator
+
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 1, 3000)
+    y = (rng.uniform(0, 1, 3000) < p**2).astype(int)
+    fitted = fit_calibrator(p, y, method)
+    restored = Calibrator.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    grid = np.concatenate([np.linspace(0, 1, 1001), rng.uniform(0, 1, 500)])
+    np.testing.assert_array_equal(restored.predict(grid), fitted.predict(grid))

@@ -13,7 +13,7 @@ from scipy.stats import kurtosis
 from quant_assets.lib.calendars import CRYPTO_24_7, US_EQUITY
 from quant_assets.lib.errors import InvalidSourceSpecError, InvalidTimeframeError
 from quant_assets.lib.sources import FileSource, SyntheticSource, source_from_spec
-from quant_assets.lib.sources.synthetic import DEFAULT_UNIVERSE
+from quant_assets.lib.settings import DEFAULT_UNIVERSE
 from quant_assets.lib.validation import validate_bars
 
 START = datetime(2022, 1, 1, tzinfo=UTC)
@@ -139,7 +139,7 @@ def test_random_walk_keeps_the_volatility_and_drops_the_drift() -> None:
 
 def test_source_interface() -> None:
     source = SyntheticSource(end=ONE_YEAR)
-    assert source.list_symbols() == DEFAULT_UNIVERSE
+    assert source.list_symbols() == list(DEFAULT_UNIVERSE)
     assert source.native_timeframes("XYZ") == ["1h"]
     assert source.load_bars("xyz", "1h").symbol == "XYZ"
     with pytest.raises(InvalidTimeframeError, match="generates 1h bars, not 4h"):

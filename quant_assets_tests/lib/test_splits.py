@@ -364,3 +364,25 @@ def test_walk_forward_cv_is_a_scikit_learn_splitter() -> None:
     assert [len(tr) for tr, _ in rolling.split(X)] == [150, 150]
     with pytest.raises(SplitConfigError, match="exactly one of min_train"):
         WalkForwardCV(test_size=10)
+
+
+def test_split_plan_round_trips_through_its_frame() -> None:
+    from quant_assets.lib.splits import HOLDOUT_FOLD, split_plan_frame, split_plan_from_frame
+
+    n = 200
+    t0 = np.arange(n)
+    t1 = t0 + 4
+    plan = make_splits("purged_kfold", n, t0, t1, holdout_fraction=0.2, n_splits=4, embargo=3)
+    ts = pl.Series("timestamp", (np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(1, "h")).astype("datetime64[us]"))
+    frame = split_plan_frame(plan, ts)
+    assert frame["fold"].to_list() == [0, 1, 2, 3, HOLDOUT_FOLD]
+    hold = frame.filter(pl.col("fold") == HOLDOUT_FOLD).row(0, named=True)
+    assert hold["n_test"] == 40 and hold["test_start"] == ts[160]
+    back = split_plan_from_frame(frame)
+    np.testing.assert_array_equal(back.dev_idx, plan.dev_idx)
+    np.testing.assert_array_equal(back.holdout_idx, plan.holdout_idx)
+    assert back.n_holdout_purged == plan.n_holdout_purged == 4
+    for a, b in zip(back.folds, plan.folds, strict=True):
+        np.testing.assert_array_equal(a.train_idx, b.train_idx)
+        np.testing.assert_array_equal(a.test_idx, b.test_idx)
+        assert (a.fold, a.n_purged, a.n_embargoed) == (b.fold, b.n_purged, b.n_embargoed)

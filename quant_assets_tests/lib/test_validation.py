@@ -117,10 +117,10 @@ def test_each_fault_names_where_the_problem_the_row_and_its_values(
 
 
 def test_the_first_bad_row_is_reported_when_several_are_bad() -> None:
-    frame = at(at(hourly_bars(), 6, close=-1.0), 2, close=-2.0)
+    frame = at(at(hourly_bars(), 6, open=-1.0), 2, close=-2.0)
     with pytest.raises(DataValidationError) as caught:
         validate_bars(frame, "w")
-    assert caught.value.row == 2
+    assert (caught.value.row, caught.value.problem) == (2, "close is not a positive number")
 
 
 def test_empty_frame_and_missing_columns() -> None:

@@ -1,0 +1,374 @@
+"""`training_dataset`, `walk_forward_splits` and `challenger_model` [symbol × timeframe], and the
+per-timeframe `global_challenger_model`: every trained model is an MLflow run and a registered version."""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions, timeframe_partitions
+from quant_assets.defs.resources import MlflowResource
+from quant_assets.lib.calibration import calibration_plot_png
+from quant_assets.lib.datasets import TrainingDataset, build_global_dataset, build_training_dataset, dataset_fingerprint
+from quant_assets.lib.datasets import dataset_from_frame
+from quant_assets.lib.model_card import render_model_card
+from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.errors import SplitConfigError
+from quant_assets.lib.splits import SplitConfig, SplitPlan, make_splits, split_plan_frame, split_plan_from_frame
+from quant_assets.lib.tracking import ALIAS_CHALLENGER, Tracker, git_commit, registered_model_name
+from quant_assets.lib.training import ModelConfig, SkippedTraining, TrainingResult, fit_per_symbol_calibrators, train_with_cv
+
+BY_TIMEFRAME = dg.MultiToSingleDimensionPartitionMapping("timeframe")
+CODE_VERSION = "1"
+
+
+class DatasetConfig(dg.Config):
+    target: Literal["take_profit", "fixed_horizon"] = "take_profit"
+    """`take_profit`: 1 when the triple barrier hit take-profit first; `fixed_horizon`: label_fh."""
+
+
+class SplitsConfig(dg.Config):
+    """Validation scheme: purged k-fold with embargo (default), expanding or rolling walk-forward."""
+
+    scheme: Literal["purged_kfold", "expanding", "rolling"] = "purged_kfold"
+    holdout_fraction: float = 0.2
+    """The latest rows, never seen by cross-validation; reserved for champion/challenger evaluation."""
+    n_splits: int = 5
+    embargo: float = 0.01
+    """Rows dropped from training after each test block: a count (>= 1) or a fraction of rows (< 1)."""
+    min_train: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    step: int | None = None
+    gap: int = 0
+
+    def split_config(self, n_rows: int) -> SplitConfig:
+        embargo: int | float = int(self.embargo) if self.embargo >= 1 else self.embargo
+        dev = int(n_rows * (1 - self.holdout_fraction))
+        test_size = self.test_size or max(dev // (self.n_splits + 1), 1)
+        return SplitConfig(
+            scheme=self.scheme,
+            holdout_fraction=self.holdout_fraction,
+            n_splits=self.n_splits,
+            embargo=embargo,
+            min_train=self.min_train or (test_size if self.scheme == "expanding" else None),
+            train_size=self.train_size or (2 * test_size if self.scheme == "rolling" else None),
+            test_size=test_size if self.scheme != "purged_kfold" else self.test_size,
+            step=self.step,
+            gap=self.gap,
+        )
+
+
+class ModelTrainingConfig(dg.Config):
+    """Model type and hyperparameters (overrides of lib.training.DEFAULT_PARAMS), editable in the Launchpad."""
+
+    model_type: Literal["lightgbm", "logistic", "gradient_boosting", "random_forest"] = "lightgbm"
+    params: dict[str, Any] = {}
+    seed: int = 42
+    calibration: Literal["isotonic", "sigmoid", "none"] = "isotonic"
+    n_bins: int = 10
+    """Equal-width bins of the expected calibration error."""
+    min_rows: int = 100
+    """Fewer labelled development rows than this skips the partition (recorded, not failed)."""
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(self.model_type, self.seed, dict(self.params), self.calibration, self.n_bins)
+
+
+class GlobalTrainingConfig(ModelTrainingConfig):
+    splits: SplitsConfig = SplitsConfig()
+    """Validation scheme over the time-sorted union of every symbol's rows."""
+
+
+@dg.asset(
+    partitions_def=symbol_timeframe_partitions,
+    ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    group_name="training",
+    kinds={"polars"},
+    code_version=CODE_VERSION,
+)
+def training_dataset(
+    context: dg.AssetExecutionContext,
+    config: DatasetConfig,
+    features: pl.DataFrame,
+    labels: pl.DataFrame,
+    cross_sectional_ranks: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    """Features (with the multi-timeframe snapshot and this symbol's cross-sectional ranks) joined
+    with the binary target, its label span [t0, t1] and sample weight. Warm-up, unlabelled and
+    incomplete rows are dropped and counted."""
+    symbol, _ = symbol_and_timeframe(context)
+    dataset = build_training_dataset(features, labels, cross_sectional_ranks, target=config.target, symbol=symbol)
+    frame = dataset.frame
+    return dg.Output(
+        frame,
+        data_version=dg.DataVersion(dataset_fingerprint(frame)),
+        metadata={
+            "dagster/row_count": frame.height,
+            **{k: dg.MetadataValue.int(int(v)) if isinstance(v, int) else float(v) for k, v in dataset.counts.items()},
+            "target": config.target,
+            "features": len(dataset.feature_columns),
+            "feature_columns": ", ".join(dataset.feature_columns),
+            "first_row": str(frame["timestamp"].min()) if frame.height else "none",
+            "last_row": str(frame["timestamp"].max()) if frame.height else "none",
+            "data_version": dataset_fingerprint(frame),
+        },
+    )
+
+
+@dg.asset(partitions_def=symbol_timeframe_partitions, group_name="training", kinds={"polars"}, code_version=CODE_VERSION)
+def walk_forward_splits(
+    context: dg.AssetExecutionContext, config: SplitsConfig, training_dataset: pl.DataFrame
+) -> dg.Output[pl.DataFrame]:
+    """The validation folds as data: per fold its train/test boundaries, row counts, purged and
+    embargoed rows and exact row lists; the last row (fold -1) is the hold-out. Purging uses each
+    row's label span [t0, t1]: no training span overlaps a test span."""
+    frame = training_dataset
+    split = config.split_config(frame.height)
+    try:
+        plan = make_splits(
+            split.scheme, frame.height, frame["t0"], frame["t1"],
+            holdout_fraction=split.holdout_fraction, **split.scheme_params(),
+        )
+    except SplitConfigError as exc:  # too few rows: recorded; training skips this partition
+        context.log.warning(f"{context.partition_key}: no folds: {exc}")
+        plan = SplitPlan(split.scheme, np.arange(frame.height), np.empty(0, dtype=np.int64), 0, [])
+    table = split_plan_frame(plan, frame["timestamp"])
+    return dg.Output(
+        table,
+        metadata={
+            "scheme": plan.scheme,
+            "folds": len(plan.folds),
+            "dev_rows": int(plan.dev_idx.size),
+            "holdout_rows": int(plan.holdout_idx.size),
+            "holdout_purged_rows": plan.n_holdout_purged,
+            "holdout_start": str(frame["timestamp"][int(plan.holdout_idx[0])]) if plan.holdout_idx.size else "none",
+            "config": dg.MetadataValue.json(config.model_dump()),
+            "fold_table": dg.MetadataValue.md(markdown_table(table.drop("train_rows", "test_rows", "scheme"), max_rows=30)),
+        },
+    )
+
+
+def _image_markdown(path: Path, alt: str) -> str:
+    """An inline PNG, so the plot shows in the Dagster UI's metadata panel."""
+    import base64
+
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def _training_tags(context: dg.AssetExecutionContext, data_version: str, model_type: str) -> dict[str, str]:
+    return {
+        "dagster.run_id": context.run.run_id,
+        "dagster.partition_key": str(context.partition_key),
+        "dagster.asset_key": context.asset_key.to_user_string(),
+        "code_version": CODE_VERSION,
+        "git_commit": git_commit(Path(__file__).parent),
+        "data_version": data_version,
+        "model_type": model_type,
+    }
+
+
+def log_training_run(
+    tracker: Tracker,
+    *,
+    experiment: str,
+    run_name: str,
+    registered_name: str,
+    dataset: TrainingDataset,
+    plan_table: pl.DataFrame,
+    result: TrainingResult,
+    config: dict[str, Any],
+    tags: dict[str, str],
+    symbol: str,
+    timeframe: str,
+    extra_artifacts: dict[str, dict] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """One MLflow run with everything needed to audit and reuse a trained model; the new version gets
+    the `challenger` alias. Returns the record stored by the asset and the calibration plot."""
+    frame = dataset.frame
+    window = (str(frame["timestamp"].min()), str(frame["timestamp"].max()))
+    workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
+    with tracker.run(experiment, run_name, tags) as run_id:
+        tracker.log_params(run_id, {
+            **{f"model.{k}": v for k, v in config.items() if k != "params"},
+            **{f"model.params.{k}": v for k, v in result.config.model_params().items()},
+            "data.target": dataset.target,
+            "data.window_start": window[0],
+            "data.window_end": window[1],
+            "data.rows": frame.height,
+            "data.n_dev": result.n_dev,
+            "data.n_holdout": result.n_holdout,
+            "data.n_features": len(result.feature_columns),
+            "split.scheme": str(plan_table["scheme"][0]) if plan_table.height else "none",
+            "split.folds": int((plan_table["fold"] >= 0).sum()),
+        })
+        tracker.log_dict(run_id, {"features": result.feature_columns}, "feature_list.json")
+        for row in result.fold_metrics.to_dicts():
+            tracker.log_metrics(run_id, {f"fold_{k}": v for k, v in row.items() if k != "fold"}, step=int(row["fold"]))
+        tracker.log_metrics(run_id, {**result.overall_metrics, **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()}})
+        plot = calibration_plot_png(
+            {
+                "out-of-fold, raw": (result.oof["y"].to_numpy(), result.oof["prob_raw"].to_numpy()),
+                "out-of-fold, calibrated": (result.oof["y"].to_numpy(), result.oof["prob_cal"].to_numpy()),
+                "hold-out, calibrated": (result.holdout["y"].to_numpy(), result.holdout["prob_cal"].to_numpy()),
+            },
+            workdir / "calibration_curve.png",
+            n_bins=result.config.n_bins,
+            title=f"{registered_name}: reliability",
+        )
+        tracker.log_file(run_id, plot)
+        tracker.log_frame(run_id, result.feature_importances, "feature_importances.csv")
+        tracker.log_frame(run_id, plan_table.drop("train_rows", "test_rows"), "folds.csv")
+        tracker.log_frame(run_id, result.fold_metrics, "fold_metrics.csv")
+        if result.calibrator is not None:
+            tracker.log_dict(run_id, result.calibrator.to_dict(), "calibrator.json")
+        for name, payload in (extra_artifacts or {}).items():
+            tracker.log_dict(run_id, payload, name)
+        card = render_model_card(
+            name=registered_name, symbol=symbol, timeframe=timeframe, dataset_counts=dataset.counts,
+            split_summary=plan_table.drop("train_rows", "test_rows"), config=config,
+            overall_metrics=result.overall_metrics, holdout_metrics=result.holdout_metrics,
+            feature_importances=result.feature_importances, data_window=window,
+            code_version=f"{CODE_VERSION} ({tags['git_commit']})", data_version=tags["data_version"],
+        )
+        tracker.log_text(run_id, card, "model_card.md")
+        example = frame.select(result.feature_columns).head(5).to_pandas()
+        version = tracker.log_model(result.model, result.config.model_type, example, registered_name, tags)
+        tracker.set_alias(registered_name, ALIAS_CHALLENGER, version.version)
+    record = {
+        "symbol": symbol,
+        "timeframe": timeframe,
+        "status": "trained",
+        "reason": "",
+        "model_name": registered_name,
+        "version": version.version,
+        "run_id": run_id,
+        "model_uri": version.model_uri,
+        "model_type": result.config.model_type,
+        "target": dataset.target,
+        "data_version": tags["data_version"],
+        "n_dev": result.n_dev,
+        "n_holdout": result.n_holdout,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **{k: float(v) for k, v in result.overall_metrics.items()},
+        **{f"holdout_{k}": float(v) for k, v in result.holdout_metrics.items()},
+    }
+    return record, plot
+
+
+def _skipped_output(symbol: str, timeframe: str, reason: str, context: dg.AssetExecutionContext) -> dg.Output:
+    context.log.warning(f"{context.partition_key}: training skipped: {reason}")
+    record = pl.DataFrame([{"symbol": symbol, "timeframe": timeframe, "status": "skipped", "reason": reason}])
+    return dg.Output(record, metadata={"status": "skipped", "reason": reason})
+
+
+def _trained_output(record: dict[str, Any], plot: Path, tracker: Tracker, fold_metrics: pl.DataFrame) -> dg.Output:
+    keys = ("oof_roc_auc", "oof_brier", "oof_log_loss", "oof_accuracy", "oof_ece", "oof_ece_calibrated",
+            "holdout_roc_auc", "holdout_ece")
+    return dg.Output(
+        pl.DataFrame([record]),
+        metadata={
+            "status": "trained",
+            "registered_model": record["model_name"],
+            "version": record["version"],
+            "alias": ALIAS_CHALLENGER,
+            "mlflow_run": dg.MetadataValue.url(tracker.run_url(record["run_id"]).split(" ")[0]),
+            "mlflow_run_id": record["run_id"],
+            **{k: float(record[k]) for k in keys if k in record},
+            "n_dev": record["n_dev"],
+            "n_holdout": record["n_holdout"],
+            "fold_metrics": dg.MetadataValue.md(markdown_table(fold_metrics, max_rows=30)),
+            "calibration_curve": dg.MetadataValue.md(_image_markdown(plot, "calibration curve")),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=symbol_timeframe_partitions,
+    group_name="training",
+    kinds={"lightgbm", "scikitlearn", "mlflow"},
+    code_version=CODE_VERSION,
+    pool="mlflow",
+    tags={"quant_assets/kind": "training"},
+)
+def challenger_model(
+    context: dg.AssetExecutionContext,
+    config: ModelTrainingConfig,
+    mlflow: MlflowResource,
+    training_dataset: pl.DataFrame,
+    walk_forward_splits: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    """A model trained with purged cross-validation, calibrated on its out-of-fold predictions and
+    refit on every development row, logged to MLflow and registered as a new version of
+    `direction.<SYMBOL>.<timeframe>` with the alias `challenger`. The stored record names that version."""
+    symbol, timeframe = symbol_and_timeframe(context)
+    dataset = dataset_from_frame(training_dataset, symbol=symbol)
+    plan = split_plan_from_frame(walk_forward_splits)
+    result = train_with_cv(dataset, plan, config.model_config(), min_rows=config.min_rows, log=context.log.info)
+    if isinstance(result, SkippedTraining):
+        return _skipped_output(symbol, timeframe, result.reason, context)
+    tracker = mlflow.get_tracker()
+    name = registered_model_name(symbol, timeframe)
+    record, plot = log_training_run(
+        tracker, experiment="challenger_model", run_name=f"{symbol}|{timeframe}", registered_name=name,
+        dataset=dataset, plan_table=walk_forward_splits, result=result, config=config.model_dump(),
+        tags=_training_tags(context, dataset_fingerprint(training_dataset), config.model_type),
+        symbol=symbol, timeframe=timeframe,
+    )
+    context.log.info(f"{name} v{record['version']}: oof auc {record.get('oof_roc_auc', float('nan')):.3f}")
+    return _trained_output(record, plot, tracker, result.fold_metrics)
+
+
+@dg.asset(
+    partitions_def=timeframe_partitions,
+    ins={"training_dataset": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    group_name="training",
+    kinds={"lightgbm", "mlflow"},
+    code_version=CODE_VERSION,
+    pool="mlflow",
+    tags={"quant_assets/kind": "training"},
+)
+def global_challenger_model(
+    context: dg.AssetExecutionContext,
+    config: GlobalTrainingConfig,
+    mlflow: MlflowResource,
+    training_dataset: dict[str, pl.DataFrame],
+) -> dg.Output[pl.DataFrame]:
+    """One model per timeframe trained on every symbol's dataset (time-sorted union, purged across
+    symbols by time), with a calibrator per symbol fitted on that symbol's out-of-fold predictions;
+    registered as `direction_global.<timeframe>` with the alias `challenger`."""
+    timeframe = context.partition_key
+    datasets = {key.split("|", 1)[0]: dataset_from_frame(frame, symbol=key.split("|", 1)[0])
+                for key, frame in training_dataset.items() if frame.height}
+    if not datasets:
+        return _skipped_output("", timeframe, "no symbol has a training dataset", context)
+    dataset = build_global_dataset(datasets)
+    frame = dataset.frame
+    split = config.splits.split_config(frame.height)
+    try:
+        plan = make_splits(split.scheme, frame.height, frame["t0"], frame["t1"],
+                           holdout_fraction=split.holdout_fraction, **split.scheme_params())
+    except SplitConfigError as exc:
+        return _skipped_output("", timeframe, str(exc), context)
+    result = train_with_cv(dataset, plan, config.model_config(), min_rows=config.min_rows, log=context.log.info)
+    if isinstance(result, SkippedTraining):
+        return _skipped_output("", timeframe, result.reason, context)
+    method = config.calibration if config.calibration != "none" else "isotonic"
+    per_symbol = fit_per_symbol_calibrators(result.oof, method, pooled=result.calibrator)
+    tracker = mlflow.get_tracker()
+    name = registered_model_name("", timeframe, kind="direction_global")
+    record, plot = log_training_run(
+        tracker, experiment="global_challenger_model", run_name=f"global|{timeframe}", registered_name=name,
+        dataset=dataset, plan_table=split_plan_frame(plan, frame["timestamp"]), result=result,
+        config=config.model_dump(),
+        tags=_training_tags(context, dataset_fingerprint(frame), config.model_type),
+        symbol="ALL", timeframe=timeframe,
+        extra_artifacts={"calibrators_by_symbol.json": {s: c.to_dict() for s, c in per_symbol.items()}},
+    )
+    record["symbols"] = ", ".join(sorted(datasets))
+    return _trained_output(record, plot, tracker, result.fold_metrics)

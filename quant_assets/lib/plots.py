@@ -1,0 +1,122 @@
+"""PNG charts of backtests for asset metadata and reports: equity curves over drawdowns, monthly
+returns. Figures are drawn on matplotlib's Agg canvas without pyplot: no GUI, no global state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from quant_assets.lib.backtest import BacktestResult
+from quant_assets.lib.performance import drawdowns
+
+_MONTHS = "JFMAMJJASOND"
+
+
+def monthly_returns(per_bar: pl.DataFrame) -> pl.DataFrame:
+    """Compounded net return per calendar month: year, month, return = prod(1 + net_ret) - 1.
+
+    A bar belongs to the month of its timestamp (its open time) in the column's time zone (UTC
+    for canonical bars). Only months holding bars appear, sorted.
+    """
+    missing = {"timestamp", "net_ret"} - set(per_bar.columns)
+    if missing:
+        raise ValueError(f"monthly_returns: per_bar lacks {sorted(missing)}; got {per_bar.columns}")
+    ts = pl.col("timestamp")
+    return (
+        per_bar.group_by(year=ts.dt.year(), month=ts.dt.month())
+        .agg(((1.0 + pl.col("net_ret")).product() - 1.0).alias("return"))
+        .sort("year", "month")
+    )
+
+
+def equity_curve_png(
+    curves: Mapping[str, pl.DataFrame], path: str | Path, title: str = "Equity"
+) -> Path:
+    """Several equity curves (frames with timestamp, equity) on one chart, e.g. challenger vs
+    champion, above a panel of their drawdowns from each curve's own running peak."""
+    if not curves:
+        raise ValueError("equity_curve_png: no curves to draw")
+    fig = Figure(figsize=(10, 6), dpi=100, layout="constrained")
+    equity_ax, dd_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    for name, frame in curves.items():
+        missing = {"timestamp", "equity"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"equity_curve_png: curve {name!r} lacks {sorted(missing)}")
+        x = frame.get_column("timestamp").to_numpy()
+        equity = frame.get_column("equity").to_numpy()
+        (line,) = equity_ax.plot(x, equity, lw=1.2, label=name)
+        _drawdown_panel(dd_ax, x, drawdowns(equity), line.get_color())
+    equity_ax.legend(loc="upper left")
+    _finish(equity_ax, dd_ax, title)
+    return _save(fig, path)
+
+
+def backtest_report_png(
+    result: BacktestResult,
+    path: str | Path,
+    title: str = "Backtest",
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Equity, drawdown (from the initial capital's peak on, as performance.max_drawdown) and a
+    year x month heatmap of compounded monthly returns; `metrics` are printed under the title."""
+    per_bar = result.per_bar
+    x = per_bar.get_column("timestamp").to_numpy()
+    equity = per_bar.get_column("equity").to_numpy()
+    fig = Figure(figsize=(11, 10), dpi=100, layout="constrained")
+    equity_ax, dd_ax, month_ax = fig.subplots(3, 1, height_ratios=[3, 1, 2])
+    dd_ax.sharex(equity_ax)
+    equity_ax.plot(x, equity, lw=1.2, color="tab:blue")
+    equity_ax.axhline(1.0, color="grey", lw=0.6)
+    _drawdown_panel(dd_ax, x, drawdowns(np.r_[1.0, equity])[1:], "tab:red")
+    subtitle = ""
+    if metrics:
+        subtitle = "\n" + "   ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    _finish(
+        equity_ax, dd_ax, f"{title} ({result.timeframe}, {result.trades.height} trades)" + subtitle
+    )
+    _monthly_heatmap(month_ax, monthly_returns(per_bar))
+    return _save(fig, path)
+
+
+def _drawdown_panel(ax: Axes, x: np.ndarray, dd: np.ndarray, color: str) -> None:
+    ax.fill_between(x, -dd, 0.0, color=color, alpha=0.3, lw=0)
+    ax.plot(x, -dd, color=color, lw=0.8)
+
+
+def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
+    equity_ax.set_title(title)
+    equity_ax.set_ylabel("equity")
+    equity_ax.grid(alpha=0.3)
+    dd_ax.set_ylabel("drawdown")
+    dd_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    dd_ax.grid(alpha=0.3)
+
+
+def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
+    years = list(range(int(monthly["year"].min()), int(monthly["year"].max()) + 1))
+    grid = np.full((len(years), 12), np.nan)
+    rows = monthly["year"].to_numpy() - years[0]
+    grid[rows, monthly["month"].to_numpy() - 1] = monthly["return"].to_numpy()
+    bound = float(np.nanmax(np.abs(grid))) or 1e-9
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(12), list(_MONTHS))
+    ax.set_yticks(range(len(years)), [str(y) for y in years])
+    ax.set_title("monthly returns")
+    if grid.size <= 240:  # labels stay legible up to 20 years
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=7)
+    ax.figure.colorbar(image, ax=ax, format=PercentFormatter(1.0))
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,221 @@
+"""MLflow as the system of record: tracking-store preparation, runs, model logging and the registry.
+
+No dagster here; `defs/resources.py` wraps `Tracker` in a ConfigurableResource. Model logging always
+passes explicit pip requirements: letting MLflow infer them starts a subprocess per model (~3 s).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ALIAS_CHALLENGER = "challenger"
+ALIAS_CHAMPION = "champion"
+ALIAS_PRIOR_CHAMPION = "prior_champion"
+
+
+def pip_requirements() -> list[str]:
+    """What a loaded model needs, pinned to the versions that trained it."""
+    packages = ("lightgbm", "scikit-learn", "numpy", "pandas", "scipy")
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:
+    """`direction.BTCUSDT.1h` per partition; `direction_global.1h` for a timeframe's global model."""
+    return f"{kind}.{symbol}.{timeframe}" if symbol else f"{kind}.{timeframe}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///"))
+    return None
+
+
+def prepare_tracking_store(tracking_uri: str) -> None:
+    """Create the folder of a SQLite store and switch it to WAL journaling.
+
+    WAL lets readers and one writer proceed together; with MLflow's busy timeout, parallel training
+    steps then queue for the write lock instead of failing with "database is locked". The journal
+    mode is stored in the database file, so doing this once is enough.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=60) as connection:
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside it; a server decides for itself (None)."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None
+    return (path.parent / "artifacts" / experiment).resolve().as_uri()
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checked-out commit (with `-dirty` when the tree has changes), or `unknown`."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+class Tracker:
+    """A thin, explicit wrapper over MlflowClient and the model flavours we log."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        import mlflow
+
+        prepare_tracking_store(tracking_uri)
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=default_artifact_location(self.tracking_uri, name)
+            )
+        except MlflowException:  # created meanwhile by a parallel step
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def run(self, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+        """An active MLflow run (fluent API, so model flavours log into it); yields its id."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(
+            experiment_id=self.experiment_id(experiment), run_name=run_name, tags=tags
+        ) as active:
+            yield active.info.run_id
+
+    def run_url(self, run_id: str) -> str:
+        run = self.client.get_run(run_id)
+        path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{path}"
+        return f"http://127.0.0.1:5000/{path} (run `mlflow ui --backend-store-uri {self.tracking_uri}`)"
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        # MLflow caps a param value at 6000 characters; long lists are logged as artifacts too
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), stamp, step)
+            for k, v in sorted(metrics.items())
+            if v is not None and np.isfinite(v)
+        ]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_frame(self, run_id: str, frame: Any, artifact_file: str) -> None:
+        """A polars frame as CSV (readable in the MLflow UI)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            frame.write_csv(path)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+    def log_model(
+        self,
+        model: Any,
+        model_type: str,
+        input_example: pd.DataFrame,
+        registered_name: str,
+        tags: dict[str, str],
+    ) -> RegisteredVersion:
+        """Log the model in its native format inside the active run and register a new version.
+
+        LightGBM: the native booster (LightGBM's own text model format). scikit-learn estimators:
+        cloudpickle, stated explicitly (skops cannot load every pipeline we train without a list
+        of trusted types); load them only from a registry you trust.
+        """
+        import mlflow
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(input_example, np.full(len(input_example), 0.5))
+        common = dict(
+            name="model",
+            signature=signature,
+            input_example=input_example.head(5),
+            pip_requirements=pip_requirements(),
+            registered_model_name=registered_name,
+            await_registration_for=0,
+        )
+        if model_type == "lightgbm":
+            info = mlflow.lightgbm.log_model(model.booster_, **common)
+        else:
+            info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered_name, version, key, str(value))
+        active = mlflow.active_run()
+        return RegisteredVersion(registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}")
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """alias -> version. Read from the registered model: on SQL stores, model-version searches
+        return empty aliases (MLflow issue #16734)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_registered_model(name).aliases)
+        except MlflowException:
+            return {}

@@ -1,0 +1,79 @@
+"""Tests of the backtest charts: PNG files written, and monthly returns worked by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quant_assets.lib.backtest import run_backtest
+from quant_assets.lib.plots import backtest_report_png, equity_curve_png, monthly_returns
+from quant_assets_tests.lib.bars_factory import make_bars
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_monthly_returns_compound_within_each_month():
+    per_bar = pl.DataFrame(
+        {
+            "timestamp": [
+                _utc(2024, 1, 30),
+                _utc(2024, 1, 31, 23),  # the last hour of January is still January (UTC)
+                _utc(2024, 2, 1),
+                _utc(2024, 2, 29),
+                _utc(2024, 3, 1),
+            ],
+            "net_ret": [0.01, 0.02, -0.01, 0.03, 0.05],
+        }
+    )
+    out = monthly_returns(per_bar)
+    assert out["year"].to_list() == [2024, 2024, 2024]
+    assert out["month"].to_list() == [1, 2, 3]
+    # January 1.01 x 1.02 - 1 = 0.0302; February 0.99 x 1.03 - 1 = 0.0197; March 0.05
+    np.testing.assert_allclose(out["return"].to_numpy(), [0.0302, 0.0197, 0.05], rtol=1e-12)
+    with pytest.raises(ValueError, match="lacks"):
+        monthly_returns(per_bar.drop("net_ret"))
+
+
+def _result(seed: int, n: int = 24 * 120):
+    bars = make_bars(n, "1h", seed=seed)
+    rng = np.random.default_rng(seed)
+    at = np.sort(rng.choice(n, n // 24, replace=False))
+    signals = pl.DataFrame(
+        {"timestamp": bars["timestamp"].gather(at), "side": rng.choice([-1, 0, 1], at.size)}
+    )
+    return run_backtest(bars, signals, timeframe="1h")
+
+
+def _assert_png(path, min_bytes: int = 5_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > min_bytes
+
+
+def test_equity_curve_png_draws_several_curves(tmp_path):
+    challenger, champion = _result(1), _result(2)
+    path = equity_curve_png(
+        {"challenger": challenger.equity, "champion": champion.equity},
+        tmp_path / "charts" / "equity.png",
+        "challenger vs champion",
+    )
+    assert path == tmp_path / "charts" / "equity.png"
+    _assert_png(path)
+    with pytest.raises(ValueError, match="no curves"):
+        equity_curve_png({}, tmp_path / "empty.png", "nothing")
+
+
+def test_backtest_report_png(tmp_path):
+    result = _result(3)
+    assert monthly_returns(result.per_bar).height == 4  # 120 days from Jan 1st to Apr 29th
+    path = backtest_report_png(
+        result, str(tmp_path / "report.png"), "toy", metrics={"sharpe": 0.5, "max_drawdown": 0.1}
+    )
+    _assert_png(path)
