@@ -6,12 +6,27 @@ import dagster as dg
 
 from quant_assets.defs.features import cross_sectional_ranks, features
 from quant_assets.defs.labels import labels
+from quant_assets.defs.models import (
+    challenger_model,
+    global_challenger_model,
+    training_dataset,
+    walk_forward_splits,
+)
 from quant_assets.defs.ohlcv import ohlcv, ohlcv_checks
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.symbols import build_watchlist_sensor
 from quant_assets.lib.settings import Settings, load_settings
 
-ASSETS = [ohlcv, features, cross_sectional_ranks, labels]
+ASSETS = [
+    ohlcv,
+    features,
+    cross_sectional_ranks,
+    labels,
+    training_dataset,
+    walk_forward_splits,
+    challenger_model,
+    global_challenger_model,
+]
 ASSET_CHECKS = [*ohlcv_checks]
 
 

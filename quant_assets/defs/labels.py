@@ -4,13 +4,7 @@ import dagster as dg
 import polars as pl
 
 from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
-from quant_assets.lib.labels import (
-    MINORITY_CLASS_WARN_FRACTION,
-    fixed_horizon_labels,
-    label_summary,
-    sample_weights,
-    triple_barrier_labels,
-)
+from quant_assets.lib.labels import MINORITY_CLASS_WARN_FRACTION, build_labels, label_summary
 from quant_assets.lib.leakage import label_lookahead_report
 from quant_assets.lib.reporting import markdown_table
 
@@ -30,37 +24,6 @@ class LabelsConfig(dg.Config):
     """Return over `fixed_horizon` bars that makes `label_fh` = 1."""
     weight_decay: float = 1.0
     """Recency decay of sample weights: the oldest label is scaled by it (1 = none)."""
-
-
-def build_labels(
-    bars: pl.DataFrame, atr: pl.Series, timeframe: str, config: LabelsConfig
-) -> pl.DataFrame:
-    """Triple-barrier labels, the fixed-horizon label and sample weights for each bar."""
-    tb = triple_barrier_labels(
-        bars["timestamp"],
-        bars["open"],
-        bars["high"],
-        bars["low"],
-        bars["close"],
-        atr,
-        timeframe=timeframe,
-        horizon=config.horizon,
-        tp_mult=config.tp_mult,
-        sl_mult=config.sl_mult,
-    )
-    fh = fixed_horizon_labels(
-        bars["timestamp"],
-        bars["close"],
-        timeframe=timeframe,
-        horizon=config.fixed_horizon,
-        threshold=config.fixed_threshold,
-    )
-    weights = sample_weights(
-        tb["timestamp"], tb["t1"], timestamps=bars["timestamp"], decay=config.weight_decay
-    )
-    return tb.join(fh, on="timestamp", how="left", maintain_order="left").with_columns(
-        pl.Series("sample_weight", weights).fill_nan(None)
-    )
 
 
 @dg.asset(
@@ -98,7 +61,7 @@ def labels(
         raise ValueError(
             f"labels {context.partition_key}: ohlcv and features have different bars; re-materialize features"
         )
-    frame = build_labels(ohlcv, features["atr_14"], timeframe, config)
+    frame = build_labels(ohlcv, features["atr_14"], timeframe, **config.model_dump())
     summary = label_summary(frame)
     fh = label_summary(frame.select("label_fh"))
     yield dg.Output(
@@ -127,7 +90,9 @@ def labels(
         },
     )
     report = label_lookahead_report(
-        lambda b: build_labels(b, features["atr_14"].head(b.height), timeframe, config),
+        lambda b: build_labels(
+            b, features["atr_14"].head(b.height), timeframe, **config.model_dump()
+        ),
         ohlcv,
         timeframe,
     )

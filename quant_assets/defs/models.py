@@ -1,7 +1,6 @@
 """`training_dataset`, `walk_forward_splits` and `challenger_model` [symbol × timeframe], and the
 per-timeframe `global_challenger_model`: every trained model is an MLflow run and a registered version."""
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -11,17 +10,38 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions, timeframe_partitions
-from quant_assets.defs.resources import MlflowResource
+from quant_assets.defs.partitions import (
+    symbol_and_timeframe,
+    symbol_timeframe_partitions,
+    timeframe_partitions,
+)
+from quant_assets.defs.resources import MarketDataResource, MlflowResource
 from quant_assets.lib.calibration import calibration_plot_png
-from quant_assets.lib.datasets import TrainingDataset, build_global_dataset, build_training_dataset, dataset_fingerprint
-from quant_assets.lib.datasets import dataset_from_frame
+from quant_assets.lib.datasets import (
+    TrainingDataset,
+    build_global_dataset,
+    build_training_dataset,
+    dataset_fingerprint,
+    dataset_from_frame,
+)
+from quant_assets.lib.errors import SplitConfigError
 from quant_assets.lib.model_card import render_model_card
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.errors import SplitConfigError
-from quant_assets.lib.splits import SplitConfig, SplitPlan, make_splits, split_plan_frame, split_plan_from_frame
+from quant_assets.lib.splits import (
+    SplitConfig,
+    SplitPlan,
+    make_splits,
+    split_plan_frame,
+    split_plan_from_frame,
+)
 from quant_assets.lib.tracking import ALIAS_CHALLENGER, Tracker, git_commit, registered_model_name
-from quant_assets.lib.training import ModelConfig, SkippedTraining, TrainingResult, fit_per_symbol_calibrators, train_with_cv
+from quant_assets.lib.training import (
+    ModelConfig,
+    SkippedTraining,
+    TrainingResult,
+    fit_per_symbol_calibrators,
+    train_with_cv,
+)
 
 BY_TIMEFRAME = dg.MultiToSingleDimensionPartitionMapping("timeframe")
 CODE_VERSION = "1"
@@ -76,8 +96,10 @@ class ModelTrainingConfig(dg.Config):
     min_rows: int = 100
     """Fewer labelled development rows than this skips the partition (recorded, not failed)."""
 
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(self.model_type, self.seed, dict(self.params), self.calibration, self.n_bins)
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig(
+            self.model_type, self.seed, dict(self.params), self.calibration, self.n_bins
+        )
 
 
 class GlobalTrainingConfig(ModelTrainingConfig):
@@ -103,14 +125,19 @@ def training_dataset(
     with the binary target, its label span [t0, t1] and sample weight. Warm-up, unlabelled and
     incomplete rows are dropped and counted."""
     symbol, _ = symbol_and_timeframe(context)
-    dataset = build_training_dataset(features, labels, cross_sectional_ranks, target=config.target, symbol=symbol)
-    frame = dataset.frame
+    dataset = build_training_dataset(
+        features, labels, cross_sectional_ranks, target=config.target, symbol=symbol
+    )
+    frame = dataset.frame.with_columns(pl.lit(config.target).alias("target"))
     return dg.Output(
         frame,
         data_version=dg.DataVersion(dataset_fingerprint(frame)),
         metadata={
             "dagster/row_count": frame.height,
-            **{k: dg.MetadataValue.int(int(v)) if isinstance(v, int) else float(v) for k, v in dataset.counts.items()},
+            **{
+                k: dg.MetadataValue.int(int(v)) if isinstance(v, int) else float(v)
+                for k, v in dataset.counts.items()
+            },
             "target": config.target,
             "features": len(dataset.feature_columns),
             "feature_columns": ", ".join(dataset.feature_columns),
@@ -121,7 +148,12 @@ def training_dataset(
     )
 
 
-@dg.asset(partitions_def=symbol_timeframe_partitions, group_name="training", kinds={"polars"}, code_version=CODE_VERSION)
+@dg.asset(
+    partitions_def=symbol_timeframe_partitions,
+    group_name="training",
+    kinds={"polars"},
+    code_version=CODE_VERSION,
+)
 def walk_forward_splits(
     context: dg.AssetExecutionContext, config: SplitsConfig, training_dataset: pl.DataFrame
 ) -> dg.Output[pl.DataFrame]:
@@ -132,8 +164,12 @@ def walk_forward_splits(
     split = config.split_config(frame.height)
     try:
         plan = make_splits(
-            split.scheme, frame.height, frame["t0"], frame["t1"],
-            holdout_fraction=split.holdout_fraction, **split.scheme_params(),
+            split.scheme,
+            frame.height,
+            frame["t0"],
+            frame["t1"],
+            holdout_fraction=split.holdout_fraction,
+            **split.scheme_params(),
         )
     except SplitConfigError as exc:  # too few rows: recorded; training skips this partition
         context.log.warning(f"{context.partition_key}: no folds: {exc}")
@@ -147,9 +183,13 @@ def walk_forward_splits(
             "dev_rows": int(plan.dev_idx.size),
             "holdout_rows": int(plan.holdout_idx.size),
             "holdout_purged_rows": plan.n_holdout_purged,
-            "holdout_start": str(frame["timestamp"][int(plan.holdout_idx[0])]) if plan.holdout_idx.size else "none",
+            "holdout_start": str(frame["timestamp"][int(plan.holdout_idx[0])])
+            if plan.holdout_idx.size
+            else "none",
             "config": dg.MetadataValue.json(config.model_dump()),
-            "fold_table": dg.MetadataValue.md(markdown_table(table.drop("train_rows", "test_rows", "scheme"), max_rows=30)),
+            "fold_table": dg.MetadataValue.md(
+                markdown_table(table.drop("train_rows", "test_rows", "scheme"), max_rows=30)
+            ),
         },
     )
 
@@ -161,8 +201,11 @@ def _image_markdown(path: Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
-def _training_tags(context: dg.AssetExecutionContext, data_version: str, model_type: str) -> dict[str, str]:
+def _training_tags(
+    context: dg.AssetExecutionContext, data_version: str, model_type: str, data_source: str
+) -> dict[str, str]:
     return {
+        "data_source": data_source,
         "dagster.run_id": context.run.run_id,
         "dagster.partition_key": str(context.partition_key),
         "dagster.asset_key": context.asset_key.to_user_string(),
@@ -186,6 +229,7 @@ def log_training_run(
     tags: dict[str, str],
     symbol: str,
     timeframe: str,
+    data_source: str | None = None,
     extra_artifacts: dict[str, dict] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """One MLflow run with everything needed to audit and reuse a trained model; the new version gets
@@ -194,28 +238,47 @@ def log_training_run(
     window = (str(frame["timestamp"].min()), str(frame["timestamp"].max()))
     workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
     with tracker.run(experiment, run_name, tags) as run_id:
-        tracker.log_params(run_id, {
-            **{f"model.{k}": v for k, v in config.items() if k != "params"},
-            **{f"model.params.{k}": v for k, v in result.config.model_params().items()},
-            "data.target": dataset.target,
-            "data.window_start": window[0],
-            "data.window_end": window[1],
-            "data.rows": frame.height,
-            "data.n_dev": result.n_dev,
-            "data.n_holdout": result.n_holdout,
-            "data.n_features": len(result.feature_columns),
-            "split.scheme": str(plan_table["scheme"][0]) if plan_table.height else "none",
-            "split.folds": int((plan_table["fold"] >= 0).sum()),
-        })
+        tracker.log_params(
+            run_id,
+            {
+                **{f"model.{k}": v for k, v in config.items() if k != "params"},
+                **{f"model.params.{k}": v for k, v in result.config.model_params().items()},
+                "data.target": dataset.target,
+                "data.window_start": window[0],
+                "data.window_end": window[1],
+                "data.rows": frame.height,
+                "data.n_dev": result.n_dev,
+                "data.n_holdout": result.n_holdout,
+                "data.n_features": len(result.feature_columns),
+                "split.scheme": str(plan_table["scheme"][0]) if plan_table.height else "none",
+                "split.folds": int((plan_table["fold"] >= 0).sum()),
+            },
+        )
         tracker.log_dict(run_id, {"features": result.feature_columns}, "feature_list.json")
         for row in result.fold_metrics.to_dicts():
-            tracker.log_metrics(run_id, {f"fold_{k}": v for k, v in row.items() if k != "fold"}, step=int(row["fold"]))
-        tracker.log_metrics(run_id, {**result.overall_metrics, **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()}})
+            tracker.log_metrics(
+                run_id,
+                {f"fold_{k}": v for k, v in row.items() if k != "fold"},
+                step=int(row["fold"]),
+            )
+        tracker.log_metrics(
+            run_id,
+            {
+                **result.overall_metrics,
+                **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
+            },
+        )
         plot = calibration_plot_png(
             {
                 "out-of-fold, raw": (result.oof["y"].to_numpy(), result.oof["prob_raw"].to_numpy()),
-                "out-of-fold, calibrated": (result.oof["y"].to_numpy(), result.oof["prob_cal"].to_numpy()),
-                "hold-out, calibrated": (result.holdout["y"].to_numpy(), result.holdout["prob_cal"].to_numpy()),
+                "out-of-fold, calibrated": (
+                    result.oof["y"].to_numpy(),
+                    result.oof["prob_cal"].to_numpy(),
+                ),
+                "hold-out, calibrated": (
+                    result.holdout["y"].to_numpy(),
+                    result.holdout["prob_cal"].to_numpy(),
+                ),
             },
             workdir / "calibration_curve.png",
             n_bins=result.config.n_bins,
@@ -230,15 +293,27 @@ def log_training_run(
         for name, payload in (extra_artifacts or {}).items():
             tracker.log_dict(run_id, payload, name)
         card = render_model_card(
-            name=registered_name, symbol=symbol, timeframe=timeframe, dataset_counts=dataset.counts,
-            split_summary=plan_table.drop("train_rows", "test_rows"), config=config,
-            overall_metrics=result.overall_metrics, holdout_metrics=result.holdout_metrics,
-            feature_importances=result.feature_importances, data_window=window,
-            code_version=f"{CODE_VERSION} ({tags['git_commit']})", data_version=tags["data_version"],
+            name=registered_name,
+            symbol=None if symbol == "ALL" else symbol,
+            timeframe=timeframe,
+            dataset_counts=dataset.counts,
+            split_summary=plan_table.drop("train_rows", "test_rows", "scheme"),
+            config=result.config,
+            overall_metrics=result.overall_metrics,
+            holdout_metrics=result.holdout_metrics,
+            feature_importances=result.feature_importances,
+            data_window=window,
+            code_version=f"{CODE_VERSION} ({tags['git_commit']})",
+            data_version=tags["data_version"],
+            fold_metrics=result.fold_metrics,
+            target=dataset.target,
+            data_source=data_source,
         )
         tracker.log_text(run_id, card, "model_card.md")
-        example = frame.select(result.feature_columns).head(5).to_pandas()
-        version = tracker.log_model(result.model, result.config.model_type, example, registered_name, tags)
+        example = frame.select(pl.col(result.feature_columns).cast(pl.Float64)).head(5).to_pandas()
+        version = tracker.log_model(
+            result.model, result.config.model_type, example, registered_name, tags
+        )
         tracker.set_alias(registered_name, ALIAS_CHALLENGER, version.version)
     record = {
         "symbol": symbol,
@@ -261,15 +336,29 @@ def log_training_run(
     return record, plot
 
 
-def _skipped_output(symbol: str, timeframe: str, reason: str, context: dg.AssetExecutionContext) -> dg.Output:
+def _skipped_output(
+    symbol: str, timeframe: str, reason: str, context: dg.AssetExecutionContext
+) -> dg.Output:
     context.log.warning(f"{context.partition_key}: training skipped: {reason}")
-    record = pl.DataFrame([{"symbol": symbol, "timeframe": timeframe, "status": "skipped", "reason": reason}])
+    record = pl.DataFrame(
+        [{"symbol": symbol, "timeframe": timeframe, "status": "skipped", "reason": reason}]
+    )
     return dg.Output(record, metadata={"status": "skipped", "reason": reason})
 
 
-def _trained_output(record: dict[str, Any], plot: Path, tracker: Tracker, fold_metrics: pl.DataFrame) -> dg.Output:
-    keys = ("oof_roc_auc", "oof_brier", "oof_log_loss", "oof_accuracy", "oof_ece", "oof_ece_calibrated",
-            "holdout_roc_auc", "holdout_ece")
+def _trained_output(
+    record: dict[str, Any], plot: Path, tracker: Tracker, fold_metrics: pl.DataFrame
+) -> dg.Output:
+    keys = (
+        "oof_roc_auc",
+        "oof_brier",
+        "oof_log_loss",
+        "oof_accuracy",
+        "oof_ece",
+        "oof_ece_calibrated",
+        "holdout_roc_auc",
+        "holdout_ece",
+    )
     return dg.Output(
         pl.DataFrame([record]),
         metadata={
@@ -300,6 +389,7 @@ def challenger_model(
     context: dg.AssetExecutionContext,
     config: ModelTrainingConfig,
     mlflow: MlflowResource,
+    market_data: MarketDataResource,
     training_dataset: pl.DataFrame,
     walk_forward_splits: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
@@ -309,18 +399,32 @@ def challenger_model(
     symbol, timeframe = symbol_and_timeframe(context)
     dataset = dataset_from_frame(training_dataset, symbol=symbol)
     plan = split_plan_from_frame(walk_forward_splits)
-    result = train_with_cv(dataset, plan, config.model_config(), min_rows=config.min_rows, log=context.log.info)
+    result = train_with_cv(
+        dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
+    )
     if isinstance(result, SkippedTraining):
         return _skipped_output(symbol, timeframe, result.reason, context)
     tracker = mlflow.get_tracker()
     name = registered_model_name(symbol, timeframe)
     record, plot = log_training_run(
-        tracker, experiment="challenger_model", run_name=f"{symbol}|{timeframe}", registered_name=name,
-        dataset=dataset, plan_table=walk_forward_splits, result=result, config=config.model_dump(),
-        tags=_training_tags(context, dataset_fingerprint(training_dataset), config.model_type),
-        symbol=symbol, timeframe=timeframe,
+        tracker,
+        experiment="challenger_model",
+        run_name=f"{symbol}|{timeframe}",
+        registered_name=name,
+        dataset=dataset,
+        plan_table=walk_forward_splits,
+        result=result,
+        config=config.model_dump(),
+        tags=_training_tags(
+            context, dataset_fingerprint(training_dataset), config.model_type, market_data.describe()
+        ),
+        symbol=symbol,
+        timeframe=timeframe,
+        data_source=market_data.describe(),
     )
-    context.log.info(f"{name} v{record['version']}: oof auc {record.get('oof_roc_auc', float('nan')):.3f}")
+    context.log.info(
+        f"{name} v{record['version']}: oof auc {record.get('oof_roc_auc', float('nan')):.3f}"
+    )
     return _trained_output(record, plot, tracker, result.fold_metrics)
 
 
@@ -337,25 +441,37 @@ def global_challenger_model(
     context: dg.AssetExecutionContext,
     config: GlobalTrainingConfig,
     mlflow: MlflowResource,
+    market_data: MarketDataResource,
     training_dataset: dict[str, pl.DataFrame],
 ) -> dg.Output[pl.DataFrame]:
     """One model per timeframe trained on every symbol's dataset (time-sorted union, purged across
     symbols by time), with a calibrator per symbol fitted on that symbol's out-of-fold predictions;
     registered as `direction_global.<timeframe>` with the alias `challenger`."""
     timeframe = context.partition_key
-    datasets = {key.split("|", 1)[0]: dataset_from_frame(frame, symbol=key.split("|", 1)[0])
-                for key, frame in training_dataset.items() if frame.height}
+    datasets = {
+        key.split("|", 1)[0]: dataset_from_frame(frame, symbol=key.split("|", 1)[0])
+        for key, frame in training_dataset.items()
+        if frame.height
+    }
     if not datasets:
         return _skipped_output("", timeframe, "no symbol has a training dataset", context)
     dataset = build_global_dataset(datasets)
     frame = dataset.frame
     split = config.splits.split_config(frame.height)
     try:
-        plan = make_splits(split.scheme, frame.height, frame["t0"], frame["t1"],
-                           holdout_fraction=split.holdout_fraction, **split.scheme_params())
+        plan = make_splits(
+            split.scheme,
+            frame.height,
+            frame["t0"],
+            frame["t1"],
+            holdout_fraction=split.holdout_fraction,
+            **split.scheme_params(),
+        )
     except SplitConfigError as exc:
         return _skipped_output("", timeframe, str(exc), context)
-    result = train_with_cv(dataset, plan, config.model_config(), min_rows=config.min_rows, log=context.log.info)
+    result = train_with_cv(
+        dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
+    )
     if isinstance(result, SkippedTraining):
         return _skipped_output("", timeframe, result.reason, context)
     method = config.calibration if config.calibration != "none" else "isotonic"
@@ -363,12 +479,21 @@ def global_challenger_model(
     tracker = mlflow.get_tracker()
     name = registered_model_name("", timeframe, kind="direction_global")
     record, plot = log_training_run(
-        tracker, experiment="global_challenger_model", run_name=f"global|{timeframe}", registered_name=name,
-        dataset=dataset, plan_table=split_plan_frame(plan, frame["timestamp"]), result=result,
+        tracker,
+        experiment="global_challenger_model",
+        run_name=f"global|{timeframe}",
+        registered_name=name,
+        dataset=dataset,
+        plan_table=split_plan_frame(plan, frame["timestamp"]),
+        result=result,
         config=config.model_dump(),
-        tags=_training_tags(context, dataset_fingerprint(frame), config.model_type),
-        symbol="ALL", timeframe=timeframe,
-        extra_artifacts={"calibrators_by_symbol.json": {s: c.to_dict() for s, c in per_symbol.items()}},
+        tags=_training_tags(context, dataset_fingerprint(frame), config.model_type, market_data.describe()),
+        symbol="ALL",
+        timeframe=timeframe,
+        data_source=market_data.describe(),
+        extra_artifacts={
+            "calibrators_by_symbol.json": {s: c.to_dict() for s, c in per_symbol.items()}
+        },
     )
     record["symbols"] = ", ".join(sorted(datasets))
     return _trained_output(record, plot, tracker, result.fold_metrics)

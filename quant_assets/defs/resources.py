@@ -24,6 +24,13 @@ class MarketDataResource(dg.ConfigurableResource):
     synthetic_random_walk: bool = False
     postgres_table: str = "trading.historical_data"
 
+    def describe(self) -> str:
+        """The source with the settings that determine its data (recorded on trained models)."""
+        if self.source.strip().lower() == "synthetic":
+            walk = ", random walk" if self.synthetic_random_walk else ""
+            return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{walk})"
+        return self.source
+
     def get_source(self) -> MarketDataSource:
         kind = self.source.strip().split(":", 1)[0].lower()
         options: dict[str, object] = {}

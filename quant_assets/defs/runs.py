@@ -153,7 +153,9 @@ def execute_plan(
             outcome = RunOutcome(planned, "skipped", error=f"upstream failed: {blocker.label}")
             failures.append(planned)
         else:
-            outcome = _run_one(assets, resources, planned, instance, tags or {}, log_level, asset_config or {})
+            outcome = _run_one(
+                assets, resources, planned, instance, tags or {}, log_level, asset_config or {}
+            )
             if outcome.status != "success":
                 failures.append(planned)
         outcomes.append(outcome)
@@ -162,7 +164,9 @@ def execute_plan(
     return outcomes
 
 
-def _run_one(assets, resources, planned: PlannedRun, instance, tags, log_level, asset_config) -> RunOutcome:
+def _run_one(
+    assets, resources, planned: PlannedRun, instance, tags, log_level, asset_config
+) -> RunOutcome:
     started = time.perf_counter()
     names = {k.to_user_string() for k in planned.asset_keys}
     ops = {name: {"config": cfg} for name, cfg in asset_config.items() if name in names}

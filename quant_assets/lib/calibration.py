@@ -105,7 +105,10 @@ def fit_calibrator(oof_prob: Any, y: Any, method: CalibrationMethod) -> Calibrat
     if not np.isin(labels, (0, 1)).all() or np.unique(labels).size < 2:
         raise ValueError("y must hold 0/1 labels of both classes to fit a calibrator")
     if method == "isotonic":
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, labels)
+        # bounded away from 0 and 1 (add-one smoothing at the ends): an isotonic step of exactly 0
+        # or 1 would give an infinite log loss to the first contrary row it meets
+        bound = 1.0 / (p.size + 1)
+        iso = IsotonicRegression(y_min=bound, y_max=1 - bound, out_of_bounds="clip").fit(p, labels)
         return Calibrator("isotonic", isotonic=iso)
     if method == "sigmoid":
         # unpenalised: the two Platt parameters are fitted on many rows, no shrinkage wanted

@@ -5,6 +5,7 @@ union of symbols a global model trains on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 import polars as pl
@@ -128,7 +129,13 @@ def build_training_dataset(
     _require(
         labels, ["timestamp", label_col, t1_col], f"build_training_dataset(labels) for {target}"
     )
-    _require_unique_timestamps(features, "build_training_dataset(features)")
+    unordered = (features.get_column("timestamp").diff() <= timedelta(0)).arg_true()
+    if len(unordered):
+        raise DataValidationError(
+            "build_training_dataset(features)",
+            "timestamps must be strictly increasing",
+            row=int(unordered[0]),
+        )
     _require_unique_timestamps(labels, "build_training_dataset(labels)")
     clash = sorted(_LABEL_FRAME_COLUMNS.intersection(features.columns))
     if clash:
@@ -247,3 +254,23 @@ def build_global_dataset(datasets: dict[str, TrainingDataset]) -> TrainingDatase
 def dataset_fingerprint(frame: pl.DataFrame) -> str:
     """A short content hash of a dataset frame (schema and values): its data version."""
     return frame_fingerprint(frame)
+
+
+def dataset_from_frame(frame: pl.DataFrame, *, symbol: str | None = None) -> TrainingDataset:
+    """The TrainingDataset of a stored `training_dataset` frame (feature columns recovered from its
+    columns, the target from its constant `target` column; counts describe the stored rows only)."""
+    reserved = {"timestamp", "symbol", "t0", "t1", "y", "sample_weight", "target", *OUTCOME_COLUMNS}
+    features = [c for c in frame.columns if c not in reserved]
+    target: Target = (
+        frame["target"][0] if "target" in frame.columns and frame.height else "take_profit"
+    )
+    positive = float(frame["y"].mean()) if frame.height else 0.0
+    counts: dict[str, int | float] = {
+        "rows_in": frame.height,
+        "dropped_warmup": 0,
+        "dropped_unlabelled": 0,
+        "dropped_missing_features": 0,
+        "rows_out": frame.height,
+        "positive_rate": positive,
+    }
+    return TrainingDataset(frame, features, counts, target, symbol)

@@ -300,6 +300,47 @@ def label_summary(labels: pl.DataFrame) -> dict[str, Any]:
     }
 
 
+def build_labels(
+    bars: pl.DataFrame,
+    atr: ArrayLike,
+    timeframe: str,
+    *,
+    horizon: int = 5,
+    tp_mult: float = 1.75,
+    sl_mult: float = 1.0,
+    fixed_horizon: int = 5,
+    fixed_threshold: float = 0.02,
+    weight_decay: float = 1.0,
+) -> pl.DataFrame:
+    """Everything the `labels` asset stores: triple-barrier labels, the fixed-horizon label and the
+    average-uniqueness sample weight of each bar of canonical `bars` (ATR(14) given per bar)."""
+    tb = triple_barrier_labels(
+        bars["timestamp"],
+        bars["open"],
+        bars["high"],
+        bars["low"],
+        bars["close"],
+        atr,
+        timeframe=timeframe,
+        horizon=horizon,
+        tp_mult=tp_mult,
+        sl_mult=sl_mult,
+    )
+    fh = fixed_horizon_labels(
+        bars["timestamp"],
+        bars["close"],
+        timeframe=timeframe,
+        horizon=fixed_horizon,
+        threshold=fixed_threshold,
+    )
+    weights = sample_weights(
+        tb["timestamp"], tb["t1"], timestamps=bars["timestamp"], decay=weight_decay
+    )
+    return tb.join(fh, on="timestamp", how="left", maintain_order="left").with_columns(
+        pl.Series("sample_weight", weights).fill_nan(None)
+    )
+
+
 def _first_touch_scores(
     high: np.ndarray, low: np.ndarray, upper: np.ndarray, lower: np.ndarray, horizon: int
 ) -> tuple[np.ndarray, np.ndarray]:

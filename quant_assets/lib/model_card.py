@@ -85,6 +85,11 @@ def _default_risks(
         "Costs are not in these metrics: fees, spread and slippage decide whether an edge in AUC "
         "is a profitable strategy; only a cost-aware backtest can say so."
     )
+    risks.append(
+        "AUC is not direction: part of it comes from predicting volatility (whether a barrier or "
+        "the threshold is reached in time at all); a driftless synthetic random walk already "
+        "scores above 0.5 on these targets."
+    )
     oof_n = overall.get("oof_n")
     if config.calibration != "none" and oof_n is not None:
         risks.append(

@@ -442,12 +442,18 @@ def split_plan_frame(plan: SplitPlan, timestamps: Any) -> pl.DataFrame:
     """
     ts = timestamps if isinstance(timestamps, pl.Series) else pl.Series("timestamp", timestamps)
     holdout = Fold(HOLDOUT_FOLD, plan.dev_idx, plan.holdout_idx, plan.n_holdout_purged, 0)
-    folds = [*plan.folds, holdout] if plan.holdout_idx.size and plan.dev_idx.size else list(plan.folds)
+    folds = (
+        [*plan.folds, holdout] if plan.holdout_idx.size and plan.dev_idx.size else list(plan.folds)
+    )
     table = fold_table(folds, ts)
     return table.with_columns(
         pl.lit(plan.scheme).alias("scheme"),
-        pl.Series("train_rows", [f.train_idx.astype(np.int64) for f in folds], dtype=pl.List(pl.Int64)),
-        pl.Series("test_rows", [f.test_idx.astype(np.int64) for f in folds], dtype=pl.List(pl.Int64)),
+        pl.Series(
+            "train_rows", [f.train_idx.astype(np.int64) for f in folds], dtype=pl.List(pl.Int64)
+        ),
+        pl.Series(
+            "test_rows", [f.test_idx.astype(np.int64) for f in folds], dtype=pl.List(pl.Int64)
+        ),
     )
 
 
@@ -455,16 +461,25 @@ def split_plan_from_frame(frame: pl.DataFrame) -> SplitPlan:
     """Rebuild the SplitPlan stored by `split_plan_frame`."""
     rows = frame.to_dicts()
     folds = [
-        Fold(r["fold"], np.asarray(r["train_rows"], dtype=np.int64), np.asarray(r["test_rows"], dtype=np.int64),
-             r["n_purged"], r["n_embargoed"])
+        Fold(
+            r["fold"],
+            np.asarray(r["train_rows"], dtype=np.int64),
+            np.asarray(r["test_rows"], dtype=np.int64),
+            r["n_purged"],
+            r["n_embargoed"],
+        )
         for r in rows
         if r["fold"] != HOLDOUT_FOLD
     ]
     hold = [r for r in rows if r["fold"] == HOLDOUT_FOLD]
-    dev = np.asarray(hold[0]["train_rows"], dtype=np.int64) if hold else np.unique(
-        np.concatenate([np.concatenate([f.train_idx, f.test_idx]) for f in folds])
+    dev = (
+        np.asarray(hold[0]["train_rows"], dtype=np.int64)
+        if hold
+        else np.unique(np.concatenate([np.concatenate([f.train_idx, f.test_idx]) for f in folds]))
     )
-    holdout = np.asarray(hold[0]["test_rows"], dtype=np.int64) if hold else np.empty(0, dtype=np.int64)
+    holdout = (
+        np.asarray(hold[0]["test_rows"], dtype=np.int64) if hold else np.empty(0, dtype=np.int64)
+    )
     return SplitPlan(
         scheme=str(rows[0]["scheme"]) if rows else "none",
         dev_idx=dev,

@@ -72,11 +72,20 @@ def git_commit(cwd: Path | None = None) -> str:
     """The checked-out commit (with `-dirty` when the tree has changes), or `unknown`."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -158,7 +167,9 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_text(run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+        self.client.log_text(
+            run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file
+        )
 
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -205,7 +216,9 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_model_version_tag(registered_name, version, key, str(value))
         active = mlflow.active_run()
-        return RegisteredVersion(registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}")
+        return RegisteredVersion(
+            registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}"
+        )
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
@@ -216,6 +229,6 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return dict(self.client.get_registered_model(name).aliases)
+            return {alias: str(v) for alias, v in self.client.get_registered_model(name).aliases.items()}
         except MlflowException:
             return {}

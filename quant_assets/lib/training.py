@@ -322,11 +322,11 @@ def train_with_cv(
         if np.unique(y[f.train_idx]).size < 2:
             return skipped(f"fold {f.fold} trains on a single class ({f.train_idx.size} rows)")
     weight = frame.get_column("sample_weight").to_numpy()
-    bad = ~(np.isfinite(weight) & (weight >= 0))
+    bad = ~(np.isfinite(weight) & (weight > 0))
     if bad.any():
         raise DataValidationError(
             "train_with_cv(dataset)",
-            "sample_weight must be finite and non-negative",
+            "sample_weight must be finite and positive",
             row=int(bad.argmax()),
             detail=f"value {weight[bad.argmax()]}",
         )

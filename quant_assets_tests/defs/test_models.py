@@ -16,6 +16,7 @@ from quant_assets.definitions import build_defs
 from quant_assets.defs.runs import execute_plan, plan_runs
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet
+from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.conftest import register
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,9 @@ def short_history(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_START", "2025-07-01")
 
 
-def _build(instance, selection: str, symbols: list[str], timeframes=("1h", "4h", "1d"), config=FAST_MODEL):
+def _build(
+    instance, selection: str, symbols: list[str], timeframes=("1h", "4h", "1d"), config=FAST_MODEL
+):
     defs = build_defs(load_settings())
     plan = plan_runs(defs, selection, symbols, list(timeframes))
     outcomes = execute_plan(defs, plan, instance, asset_config=config)
@@ -39,7 +42,9 @@ def _build(instance, selection: str, symbols: list[str], timeframes=("1h", "4h",
 
 
 def _record(project_dir: Path, symbol: str, timeframe: str) -> dict:
-    return read_parquet(project_dir / "artifacts" / "challenger_model" / symbol / f"{timeframe}.parquet").row(0, named=True)
+    return read_parquet(
+        project_dir / "artifacts" / "challenger_model" / symbol / f"{timeframe}.parquet"
+    ).row(0, named=True)
 
 
 def test_challenger_is_trained_logged_and_registered(
@@ -49,8 +54,8 @@ def test_challenger_is_trained_logged_and_registered(
     _build(instance, "*challenger_model", ["BTCUSDT"])
     record = _record(project_dir, "BTCUSDT", "1h")
     assert record["status"] == "trained" and record["model_name"] == "direction.BTCUSDT.1h"
-    client = mlflow.MlflowClient(mlflow_uri)
-    assert client.get_registered_model("direction.BTCUSDT.1h").aliases == {"challenger": record["version"]}
+    client = Tracker(mlflow_uri).client
+    assert Tracker(mlflow_uri).aliases("direction.BTCUSDT.1h") == {"challenger": record["version"]}
     run = client.get_run(record["run_id"])
     assert run.data.tags["dagster.partition_key"] == "BTCUSDT|1h"
     assert run.data.tags["dagster.asset_key"] == "challenger_model"
@@ -62,47 +67,76 @@ def test_challenger_is_trained_logged_and_registered(
     folds = client.get_metric_history(record["run_id"], "fold_roc_auc")
     assert sorted(m.step for m in folds) == [0, 1, 2, 3, 4]
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
-    assert {"calibration_curve.png", "model_card.md", "feature_importances.csv", "folds.csv",
-            "calibrator.json", "feature_list.json"} <= artifacts
-    card = Path(mlflow.artifacts.download_artifacts(run_id=record["run_id"], artifact_path="model_card.md")).read_text()
+    assert {
+        "calibration_curve.png",
+        "model_card.md",
+        "feature_importances.csv",
+        "folds.csv",
+        "calibrator.json",
+        "feature_list.json",
+    } <= artifacts
+    card = Path(
+        mlflow.artifacts.download_artifacts(run_id=record["run_id"], artifact_path="model_card.md")
+    ).read_text()
     assert "direction.BTCUSDT.1h" in card and "Known risks" in card
     booster = mlflow.lightgbm.load_model(record["model_uri"])
-    features = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=record["run_id"], artifact_path="feature_list.json")).read_text())
+    features = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=record["run_id"], artifact_path="feature_list.json"
+            )
+        ).read_text()
+    )
     assert booster.num_feature() == len(features["features"])
 
     mats = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("challenger_model"), asset_partitions=["BTCUSDT|1h"]), limit=1
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("challenger_model"), asset_partitions=["BTCUSDT|1h"]
+        ),
+        limit=1,
     ).records
     meta = mats[0].asset_materialization.metadata
     assert meta["mlflow_run"].value.startswith("http")
     assert meta["calibration_curve"].value.startswith("![calibration curve](data:image/png;base64,")
-    splits = read_parquet(project_dir / "artifacts" / "walk_forward_splits" / "BTCUSDT" / "1h.parquet")
+    splits = read_parquet(
+        project_dir / "artifacts" / "walk_forward_splits" / "BTCUSDT" / "1h.parquet"
+    )
     assert splits["fold"].to_list() == [0, 1, 2, 3, 4, -1]
 
 
-def test_retraining_on_unchanged_data_reproduces_metrics(instance, project_dir, mlflow_uri, short_history) -> None:
+def test_retraining_on_unchanged_data_reproduces_metrics(
+    instance, project_dir, mlflow_uri, short_history
+) -> None:
     register(instance, "ETHUSDT")
     _build(instance, "*challenger_model", ["ETHUSDT"], timeframes=("4h", "1d"))
     first = _record(project_dir, "ETHUSDT", "4h")
     _build(instance, "challenger_model", ["ETHUSDT"], timeframes=("4h",))
     second = _record(project_dir, "ETHUSDT", "4h")
     assert second["version"] != first["version"] and second["run_id"] != first["run_id"]
-    client = mlflow.MlflowClient(mlflow_uri)
-    m1, m2 = client.get_run(first["run_id"]).data.metrics, client.get_run(second["run_id"]).data.metrics
+    client = Tracker(mlflow_uri).client
+    m1, m2 = (
+        client.get_run(first["run_id"]).data.metrics,
+        client.get_run(second["run_id"]).data.metrics,
+    )
     assert m1 == m2
-    assert client.get_registered_model("direction.ETHUSDT.4h").aliases["challenger"] == second["version"]
+    assert Tracker(mlflow_uri).aliases("direction.ETHUSDT.4h")["challenger"] == second["version"]
 
 
-def test_too_few_rows_skips_with_the_reason(instance, project_dir, mlflow_uri, short_history) -> None:
+def test_too_few_rows_skips_with_the_reason(
+    instance, project_dir, mlflow_uri, short_history
+) -> None:
     register(instance, "SPY")
     outcomes = _build(
-        instance, "*challenger_model", ["SPY"], timeframes=("1d",),
+        instance,
+        "*challenger_model",
+        ["SPY"],
+        timeframes=("1d",),
         config={"challenger_model": {"min_rows": 100_000}},
     )
     assert outcomes[-1].status == "success"  # a skip is not a failure: the backfill goes on
     record = _record(project_dir, "SPY", "1d")
     assert record["status"] == "skipped" and "100000" in record["reason"].replace(",", "")
-    assert mlflow.MlflowClient(mlflow_uri).search_registered_models() == []
+    assert Tracker(mlflow_uri).client.search_registered_models() == []
 
 
 def _train_one(args: tuple[str, str, str, str]) -> tuple[str, bool, str]:
@@ -110,10 +144,17 @@ def _train_one(args: tuple[str, str, str, str]) -> tuple[str, bool, str]:
     home, artifacts, uri, key = args
     import os
 
-    os.environ.update({"DAGSTER_HOME": home, "QUANT_ASSETS_ARTIFACTS": artifacts, "MLFLOW_TRACKING_URI": uri,
-                       "QUANT_ASSETS_SYNTHETIC_START": "2025-07-01"})
+    os.environ.update(
+        {
+            "DAGSTER_HOME": home,
+            "QUANT_ASSETS_ARTIFACTS": artifacts,
+            "MLFLOW_TRACKING_URI": uri,
+            "QUANT_ASSETS_SYNTHETIC_START": "2025-07-01",
+        }
+    )
     from quant_assets.definitions import build_defs as build
-    from quant_assets.defs.runs import PlannedRun, execute_plan as run_plan
+    from quant_assets.defs.runs import PlannedRun
+    from quant_assets.defs.runs import execute_plan as run_plan
     from quant_assets.lib.settings import load_settings as settings
 
     symbol, timeframe = key.split("|")
@@ -123,31 +164,46 @@ def _train_one(args: tuple[str, str, str, str]) -> tuple[str, bool, str]:
     return key, outcome.status == "success", outcome.error or ""
 
 
-def test_four_partitions_train_in_parallel_on_the_sqlite_store(instance, project_dir, mlflow_uri, short_history) -> None:
-    symbols = ["BTCUSDT", "ETHUSDT"]
+def test_four_partitions_train_in_parallel_on_the_sqlite_store(
+    instance, project_dir, mlflow_uri, short_history
+) -> None:
+    """Four Dagster runs in four processes write to one SQLite store at once (WAL + busy timeout)."""
+    symbols = ["BTCUSDT", "ETHUSDT", "SPY", "AAPL"]
     register(instance, *symbols)
-    _build(instance, "*training_dataset", symbols, timeframes=("4h", "1d"))
-    _build(instance, "walk_forward_splits", symbols, timeframes=("4h", "1d"))
-    keys = [f"{s}|{t}" for s in symbols for t in ("4h", "1d")]
+    _build(instance, "*walk_forward_splits", symbols, timeframes=("1d",))
+    keys = [f"{s}|1d" for s in symbols]
     home = str(project_dir / "dagster_home")
+    args = [(home, str(project_dir / "artifacts"), mlflow_uri, k) for k in keys]
     with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_train_one, [(home, str(project_dir / "artifacts"), mlflow_uri, k) for k in keys]))
+        results = list(pool.map(_train_one, args))
     assert [r for r in results if not r[1]] == [], results
-    names = {m.name for m in mlflow.MlflowClient(mlflow_uri).search_registered_models()}
-    assert names == {f"direction.{k.replace('|', '.')}" for k in keys}
+    names = {m.name for m in Tracker(mlflow_uri).client.search_registered_models()}
+    assert names == {f"direction.{s}.1d" for s in symbols}
 
 
 def test_global_model_per_timeframe(instance, project_dir, mlflow_uri, short_history) -> None:
     symbols = ["BTCUSDT", "ETHUSDT"]
     register(instance, *symbols)
     _build(instance, "*training_dataset", symbols, timeframes=("4h", "1d"))
-    _build(instance, "global_challenger_model", symbols, timeframes=("4h",),
-           config={"global_challenger_model": {"params": {"n_estimators": 40}}})
-    record = read_parquet(project_dir / "artifacts" / "global_challenger_model" / "4h.parquet").row(0, named=True)
+    _build(
+        instance,
+        "global_challenger_model",
+        symbols,
+        timeframes=("4h",),
+        config={"global_challenger_model": {"params": {"n_estimators": 40}}},
+    )
+    record = read_parquet(project_dir / "artifacts" / "global_challenger_model" / "4h.parquet").row(
+        0, named=True
+    )
     assert record["status"] == "trained" and record["symbols"] == "BTCUSDT, ETHUSDT"
-    client = mlflow.MlflowClient(mlflow_uri)
-    assert client.get_registered_model("direction_global.4h").aliases == {"challenger": record["version"]}
-    calibrators = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=record["run_id"], artifact_path="calibrators_by_symbol.json")).read_text())
+    client = Tracker(mlflow_uri).client
+    assert Tracker(mlflow_uri).aliases("direction_global.4h") == {"challenger": record["version"]}
+    calibrators = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=record["run_id"], artifact_path="calibrators_by_symbol.json"
+            )
+        ).read_text()
+    )
     assert set(calibrators) == set(symbols)
     assert pl.DataFrame([record]).height == 1

@@ -19,9 +19,14 @@ def test_plan_orders_stages_by_partition_mappings(defs: dg.Definitions) -> None:
     assert all(s[0] == 1 for s in stages[4:])
 
 
-def test_cross_sectional_assets_run_once_per_timeframe_after_all_symbols(defs: dg.Definitions) -> None:
+def test_cross_sectional_assets_run_once_per_timeframe_after_all_symbols(
+    defs: dg.Definitions,
+) -> None:
     plan = plan_runs(defs, "key:cross_sectional_ranks", ["BTCUSDT", "SPY"], ["1h", "4h"])
-    assert [(p.partition_key, p.symbol, p.timeframe) for p in plan] == [("1h", None, "1h"), ("4h", None, "4h")]
+    assert [(p.partition_key, p.symbol, p.timeframe) for p in plan] == [
+        ("1h", None, "1h"),
+        ("4h", None, "4h"),
+    ]
     full = plan_runs(defs, "*cross_sectional_ranks", ["BTCUSDT", "SPY"], ["1h"])
     last = full[-1]
     assert last.asset_keys == (dg.AssetKey("cross_sectional_ranks"),)

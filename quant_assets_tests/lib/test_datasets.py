@@ -25,7 +25,7 @@ from quant_assets.lib.features import (
     mtf_column,
     multi_timeframe_snapshot,
 )
-from quant_assets.lib.labels import fixed_horizon_labels, sample_weights, triple_barrier_labels
+from quant_assets.lib.labels import build_labels
 from quant_assets.lib.ohlcv import bars_for_timeframe
 from quant_assets.lib.sources.base import MarketDataSource
 from quant_assets.lib.sources.synthetic import SyntheticSource
@@ -53,18 +53,7 @@ def pipeline_frames(
         {tf: compute_features(bars_for_timeframe(source, symbol, tf).frame, tf) for tf in higher},
     )
     features = base.join(snapshot, on="timestamp", how="left", maintain_order="left")
-    tb = triple_barrier_labels(
-        *(bars[c] for c in ("timestamp", "open", "high", "low", "close")),
-        base["atr_14"],
-        timeframe=timeframe,
-    )
-    fh = fixed_horizon_labels(
-        bars["timestamp"], bars["close"], timeframe=timeframe, threshold=fixed_threshold
-    )
-    weights = sample_weights(tb["timestamp"], tb["t1"], timestamps=bars["timestamp"])
-    labels = tb.join(fh, on="timestamp", how="left", maintain_order="left").with_columns(
-        pl.Series("sample_weight", weights).fill_nan(None)
-    )
+    labels = build_labels(bars, base["atr_14"], timeframe, fixed_threshold=fixed_threshold)
     return features, labels
 
 
@@ -206,6 +195,7 @@ def test_without_weights_or_ranks_every_labelled_row_counts_and_weighs_one() -> 
         (lambda f, lab, x: (f.drop("is_warm"), lab, x, {}), "missing columns ['is_warm']"),
         (lambda f, lab, x: (f, lab.drop("t1_fh"), x, {"target": "fixed_horizon"}), "t1_fh"),
         (lambda f, lab, x: (f, pl.concat([lab, lab.tail(1)]), x, {}), "must be unique"),
+        (lambda f, lab, x: (f.reverse(), lab, x, {}), "strictly increasing at row 1"),
         (lambda f, lab, x: (f.with_columns(label=1), lab, x, {}), "holds label columns ['label']"),
         (lambda f, lab, x: (f.with_columns(note=pl.lit("a")), lab, x, {}), "not numeric"),
         (lambda f, lab, x: (f, lab, x, {"target": "direction"}), "unknown target"),

@@ -171,7 +171,13 @@ def test_label_lookahead_report_accepts_causal_labels_and_catches_leaks() -> Non
 
     def labels_of(b: pl.DataFrame) -> pl.DataFrame:
         return triple_barrier_labels(
-            b["timestamp"], b["open"], b["high"], b["low"], b["close"], atr.head(b.height), timeframe="1h"
+            b["timestamp"],
+            b["open"],
+            b["high"],
+            b["low"],
+            b["close"],
+            atr.head(b.height),
+            timeframe="1h",
         )
 
     report = label_lookahead_report(labels_of, bars, "1h")
@@ -180,14 +186,18 @@ def test_label_lookahead_report_accepts_causal_labels_and_catches_leaks() -> Non
     # labelling the tail from partial information changes labels once more data arrives
     def partial_tail(b: pl.DataFrame) -> pl.DataFrame:
         out = labels_of(b)
-        return out.with_columns(pl.col("label").fill_null(0), pl.col("t1").fill_null(pl.col("timestamp")))
+        return out.with_columns(
+            pl.col("label").fill_null(0), pl.col("t1").fill_null(pl.col("timestamp"))
+        )
 
     report = label_lookahead_report(partial_tail, bars, "1h")
     assert not report.ok and "before the entry bar closed" in report.describe()
 
     # an outcome stamped at the entry bar's open is known too early
     def early_t1(b: pl.DataFrame) -> pl.DataFrame:
-        return labels_of(b).with_columns(pl.col("t1") - pl.duration(hours=1) * pl.col("holding_bars"))
+        return labels_of(b).with_columns(
+            pl.col("t1") - pl.duration(hours=1) * pl.col("holding_bars")
+        )
 
     assert not label_lookahead_report(early_t1, bars, "1h").ok
 

@@ -95,7 +95,12 @@ def test_key_numbers_are_in_their_sections() -> None:
     split = _section(card, "## Split")
     assert "4 folds" in split and "hold-out (3355 rows)" in split
     assert sum(line.startswith("| ") for line in split.splitlines()) == 1 + 4  # header + folds
-    assert "| 0 | 2022-01-09 07:00 |" in split
+    # 77 dev rows (rows 77-79 purged against the hold-out); fold 0 tests rows 0-19 and purges
+    # rows 20-22, whose spans start by row 19's end (t1 = row + 3)
+    assert (
+        "| 0 | 2022-01-10 06:00 | 2022-01-12 11:00 | 2022-01-09 07:00 | 2022-01-10 02:00 "
+        "| 54 | 20 | 3 | 0 |"
+    ) in split
     hyper = _section(card, "## Hyperparameters")
     assert "| n_estimators | 100 |" in hyper and "| num_leaves | 15 |" in hyper
     assert "| model_type | lightgbm |" in hyper and "| calibration | isotonic |" in hyper
@@ -113,16 +118,17 @@ def test_default_and_given_risks() -> None:
     assert bullets[-1] == "- Funding rates are ignored."
     assert any("Regime change" in b and "2023-12-31 23:00 UTC" in b for b in bullets)
     assert any("Costs are not in these metrics" in b for b in bullets)
+    assert any("AUC is not direction" in b for b in bullets)
     assert any("isotonic calibrator was fitted on the 13413 out-of-fold" in b for b in bullets)
     assert any("one contiguous period of 3355 rows" in b for b in bullets)
-    assert not any("synthetic" in b or "Weak or no edge" in b for b in bullets)
+    assert not any("synthetic data" in b or "Weak or no edge" in b for b in bullets)
 
     weak = _section(
         _card(overall_metrics=_metrics("oof", 500.0, auc=0.51), data_source="synthetic(seed=7)"),
         "## Known risks",
     )
     assert "Trained and evaluated on synthetic data (synthetic(seed=7))" in weak
-    assert "Weak or no edge: OOF AUC 0.51, hold-out AUC 0.5628." in weak
+    assert "Weak or no edge: OOF AUC 0.51, hold-out AUC 0.573." in weak
 
 
 def test_a_global_model_without_hold_out_or_calibration() -> None:

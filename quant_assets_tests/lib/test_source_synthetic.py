@@ -12,8 +12,8 @@ from scipy.stats import kurtosis
 
 from quant_assets.lib.calendars import CRYPTO_24_7, US_EQUITY
 from quant_assets.lib.errors import InvalidSourceSpecError, InvalidTimeframeError
-from quant_assets.lib.sources import FileSource, SyntheticSource, source_from_spec
 from quant_assets.lib.settings import DEFAULT_UNIVERSE
+from quant_assets.lib.sources import FileSource, SyntheticSource, source_from_spec
 from quant_assets.lib.validation import validate_bars
 
 START = datetime(2022, 1, 1, tzinfo=UTC)

@@ -373,7 +373,12 @@ def test_split_plan_round_trips_through_its_frame() -> None:
     t0 = np.arange(n)
     t1 = t0 + 4
     plan = make_splits("purged_kfold", n, t0, t1, holdout_fraction=0.2, n_splits=4, embargo=3)
-    ts = pl.Series("timestamp", (np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(1, "h")).astype("datetime64[us]"))
+    ts = pl.Series(
+        "timestamp",
+        (np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(1, "h")).astype(
+            "datetime64[us]"
+        ),
+    )
     frame = split_plan_frame(plan, ts)
     assert frame["fold"].to_list() == [0, 1, 2, 3, HOLDOUT_FOLD]
     hold = frame.filter(pl.col("fold") == HOLDOUT_FOLD).row(0, named=True)
