@@ -30,6 +30,7 @@ dev: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_features_labels.py
+	$(VENV)/bin/python benchmarks/bench_backtest.py
 
 lint: install
 	$(VENV)/bin/ruff check quant_assets quant_assets_tests benchmarks

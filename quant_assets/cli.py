@@ -197,6 +197,7 @@ def run_selection(
     def progress(index: int, total: int, outcome) -> None:
         rows = ", ".join(f"{k}={v}" for k, v in outcome.rows.items())
         warn = f"  warn: {', '.join(outcome.warned_checks)}" if outcome.warned_checks else ""
+        warn += f"  {', '.join(outcome.decisions)}" if outcome.decisions else ""
         print(
             f"[{index:>{len(str(total))}}/{total}] {outcome.status.upper():8} {outcome.planned.label}"
             f"  {outcome.seconds:5.1f}s  {rows}{warn}",
@@ -206,7 +207,7 @@ def run_selection(
             print("    " + outcome.error.replace("\n", "\n    "), file=sys.stderr, flush=True)
 
     outcomes = execute_plan(
-        defs, plan, instance, on_progress=progress, log_level="INFO" if verbose else "WARNING"
+        defs, plan, instance, on_progress=progress, log_level="INFO" if verbose else "CRITICAL"
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("success", "failed", "skipped")}
     print(
@@ -261,6 +262,122 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
     os.execvp(argv[0], argv)
     return 0  # not reached
+
+
+def _registry(settings: Settings):
+    from quant_assets.defs.resources import resources_from_settings
+
+    resources = resources_from_settings(settings)
+    return resources["mlflow"].get_tracker(), resources["trading_store"].get_store()
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.registry_ops import promote_version
+    from quant_assets.lib.symbols import normalize_symbol
+    from quant_assets.lib.timeframes import check_timeframe
+    from quant_assets.lib.tracking import ALIAS_CHALLENGER, registered_model_name
+
+    symbol, timeframe = normalize_symbol(args.symbol), check_timeframe(args.timeframe)
+    tracker, store = _registry(settings)
+    name = registered_model_name(symbol, timeframe)
+    version = args.version or tracker.aliases(name).get(ALIAS_CHALLENGER)
+    if not version:
+        raise QuantAssetsError(f"{name} has no challenger; train one or pass --version")
+    result = promote_version(
+        tracker,
+        store,
+        name,
+        version,
+        symbol=symbol,
+        timeframe=timeframe,
+        action="manual_promote",
+        decided_by="cli",
+        reason=args.reason,
+    )
+    print(
+        f"{name}: champion is now v{result['champion']} (prior champion: {result['prior_champion'] or 'none'}); logged"
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.registry_ops import rollback_champion
+    from quant_assets.lib.symbols import normalize_symbol
+    from quant_assets.lib.timeframes import check_timeframe
+    from quant_assets.lib.tracking import registered_model_name
+
+    symbol, timeframe = normalize_symbol(args.symbol), check_timeframe(args.timeframe)
+    tracker, store = _registry(settings)
+    name = registered_model_name(symbol, timeframe)
+    result = rollback_champion(
+        tracker, store, name, symbol=symbol, timeframe=timeframe, reason=args.reason
+    )
+    print(
+        f"{name}: rolled back to v{result['champion']} (v{result['prior_champion']} is now prior_champion); logged"
+    )
+    return 0
+
+
+def status_rows(settings: Settings) -> list[dict[str, object]]:
+    """Per partition: challenger metrics, gate results, champion version and latest signal."""
+    import json
+
+    import polars as pl
+
+    from quant_assets.lib.tracking import ALIAS_CHAMPION
+
+    tracker, store = _registry(settings)
+    root = settings.artifacts_path
+    latest = store.read_signals()
+    rows = []
+    for path in sorted((root / "challenger_model").glob("*/*.parquet")):
+        symbol, timeframe = path.parent.name, path.stem
+        record = pl.read_parquet(path).row(0, named=True)
+        row: dict[str, object] = {
+            "partition": f"{symbol}|{timeframe}",
+            "challenger": record["status"],
+        }
+        if record["status"] == "trained":
+            row["challenger"] = f"v{record['version']}"
+            row["oof_auc"] = record.get("oof_roc_auc")
+            row["holdout_auc"] = record.get("holdout_roc_auc")
+            row["champion"] = tracker.aliases(record["model_name"]).get(ALIAS_CHAMPION, "-")
+        evaluation = root / "champion_challenger_evaluation" / symbol / f"{timeframe}.parquet"
+        if evaluation.exists():
+            ev = pl.read_parquet(evaluation).row(0, named=True)
+            row["decision"] = ev["decision"]
+            gates = json.loads(ev.get("gates_json") or "{}")
+            row["gates"] = " ".join(f"{g}:{'ok' if v['passed'] else 'X'}" for g, v in gates.items())
+            row["sortino"] = ev.get("challenger_sortino")
+            row["trades"] = ev.get("challenger_trade_count")
+        mine = latest.filter((pl.col("symbol") == symbol) & (pl.col("timeframe") == timeframe))
+        if mine.height:
+            last = mine.sort("timestamp").tail(1).row(0, named=True)
+            row["latest_signal"] = (
+                f"{last['timestamp']:%Y-%m-%d %H:%M} side {last['side']} p={last['prob_up']:.2f}"
+            )
+        rows.append(row)
+    return rows
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.reporting import text_table
+
+    rows = status_rows(settings)
+    columns = [
+        "partition",
+        "challenger",
+        "oof_auc",
+        "holdout_auc",
+        "sortino",
+        "trades",
+        "gates",
+        "decision",
+        "champion",
+        "latest_signal",
+    ]
+    print(text_table(rows, columns) if rows else "no trained partitions yet: run quant-assets demo")
+    return 0
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -321,6 +438,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's step logs (INFO)")
     mat.set_defaults(func=cmd_materialize)
+
+    promote = sub.add_parser(
+        "promote", help="manually make a version the champion (logged with its reason)"
+    )
+    promote.add_argument("symbol")
+    promote.add_argument("timeframe")
+    promote.add_argument("--version", help="registered version (default: the current challenger)")
+    promote.add_argument("--reason", default="manual override", help="recorded in promotion_log")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="restore the prior champion (logged)")
+    rollback.add_argument("symbol")
+    rollback.add_argument("timeframe")
+    rollback.add_argument("--reason", default="manual rollback", help="recorded in promotion_log")
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = sub.add_parser(
+        "status", help="per partition: challenger metrics, gates, champion, latest signal"
+    )
+    status.set_defaults(func=cmd_status)
 
     dev = sub.add_parser("dev", help="open the Dagster UI (dagster dev) on the project's instance")
     dev.add_argument("--port", type=int, default=3000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from quant_assets.defs.evaluation import champion_challenger_evaluation
 from quant_assets.defs.features import cross_sectional_ranks, features
 from quant_assets.defs.labels import labels
 from quant_assets.defs.models import (
@@ -14,6 +15,7 @@ from quant_assets.defs.models import (
 )
 from quant_assets.defs.ohlcv import ohlcv, ohlcv_checks
 from quant_assets.defs.resources import resources_from_settings
+from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.symbols import build_watchlist_sensor
 from quant_assets.lib.settings import Settings, load_settings
 
@@ -26,6 +28,9 @@ ASSETS = [
     walk_forward_splits,
     challenger_model,
     global_challenger_model,
+    champion_challenger_evaluation,
+    champion,
+    signals,
 ]
 ASSET_CHECKS = [*ohlcv_checks]
 

@@ -24,6 +24,8 @@ for _var in (
 def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary working directory with its own artifacts, watchlist and DAGSTER_HOME."""
     monkeypatch.chdir(tmp_path)
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; a test starts without one
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("QUANT_ASSETS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("QUANT_ASSETS_WATCHLIST", str(tmp_path / "watchlist.txt"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -55,3 +57,28 @@ def mlflow_uri(project_dir: Path, mlflow_template_db: Path, monkeypatch: pytest.
     uri = f"sqlite:///{target}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture
+def instance(project_dir: Path):
+    """A real, persistent (SQLite) Dagster instance in the test's DAGSTER_HOME."""
+    import dagster as dg
+
+    home = project_dir / "dagster_home"
+    home.mkdir(exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def settings(project_dir: Path):
+    from quant_assets.lib.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def defs(settings):
+    from quant_assets.definitions import build_defs
+
+    return build_defs(settings)

@@ -27,6 +27,7 @@ from quant_assets.lib.datasets import (
 from quant_assets.lib.errors import SplitConfigError
 from quant_assets.lib.model_card import render_model_card
 from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.signals import choose_long_threshold
 from quant_assets.lib.splits import (
     SplitConfig,
     SplitPlan,
@@ -194,7 +195,7 @@ def walk_forward_splits(
     )
 
 
-def _image_markdown(path: Path, alt: str) -> str:
+def image_markdown(path: Path, alt: str) -> str:
     """An inline PNG, so the plot shows in the Dagster UI's metadata panel."""
     import base64
 
@@ -236,6 +237,14 @@ def log_training_run(
     the `challenger` alias. Returns the record stored by the asset and the calibration plot."""
     frame = dataset.frame
     window = (str(frame["timestamp"].min()), str(frame["timestamp"].max()))
+    # the trading rule is fitted like the calibrator: on out-of-fold predictions only
+    oof_ret = frame["ret"].gather(result.oof["row"]).to_numpy() if "ret" in frame.columns else None
+    threshold = (
+        choose_long_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
+        if oof_ret is not None and dataset.target == "take_profit"
+        else 0.5
+    )
+    tags = {**tags, "decision_threshold": f"{threshold:.2f}"}
     workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
     with tracker.run(experiment, run_name, tags) as run_id:
         tracker.log_params(
@@ -252,6 +261,7 @@ def log_training_run(
                 "data.n_features": len(result.feature_columns),
                 "split.scheme": str(plan_table["scheme"][0]) if plan_table.height else "none",
                 "split.folds": int((plan_table["fold"] >= 0).sum()),
+                "decision.long_threshold": threshold,
             },
         )
         tracker.log_dict(run_id, {"features": result.feature_columns}, "feature_list.json")
@@ -329,6 +339,7 @@ def log_training_run(
         "data_version": tags["data_version"],
         "n_dev": result.n_dev,
         "n_holdout": result.n_holdout,
+        "decision_threshold": threshold,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{k: float(v) for k, v in result.overall_metrics.items()},
         **{f"holdout_{k}": float(v) for k, v in result.holdout_metrics.items()},
@@ -372,7 +383,7 @@ def _trained_output(
             "n_dev": record["n_dev"],
             "n_holdout": record["n_holdout"],
             "fold_metrics": dg.MetadataValue.md(markdown_table(fold_metrics, max_rows=30)),
-            "calibration_curve": dg.MetadataValue.md(_image_markdown(plot, "calibration curve")),
+            "calibration_curve": dg.MetadataValue.md(image_markdown(plot, "calibration curve")),
         },
     )
 
@@ -416,7 +427,10 @@ def challenger_model(
         result=result,
         config=config.model_dump(),
         tags=_training_tags(
-            context, dataset_fingerprint(training_dataset), config.model_type, market_data.describe()
+            context,
+            dataset_fingerprint(training_dataset),
+            config.model_type,
+            market_data.describe(),
         ),
         symbol=symbol,
         timeframe=timeframe,
@@ -487,7 +501,9 @@ def global_challenger_model(
         plan_table=split_plan_frame(plan, frame["timestamp"]),
         result=result,
         config=config.model_dump(),
-        tags=_training_tags(context, dataset_fingerprint(frame), config.model_type, market_data.describe()),
+        tags=_training_tags(
+            context, dataset_fingerprint(frame), config.model_type, market_data.describe()
+        ),
         symbol="ALL",
         timeframe=timeframe,
         data_source=market_data.describe(),

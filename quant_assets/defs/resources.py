@@ -12,6 +12,7 @@ from quant_assets.defs.io import ParquetIOManager, partition_path
 from quant_assets.lib.settings import Settings
 from quant_assets.lib.sources import MarketDataSource, source_from_spec
 from quant_assets.lib.storage import read_parquet
+from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 
 
@@ -67,6 +68,16 @@ class MlflowResource(dg.ConfigurableResource):
         return Tracker(self.tracking_uri)
 
 
+class TradingStoreResource(dg.ConfigurableResource):
+    """SQL tables read by people and execution systems: promotion_log, alerts, agent_preds,
+    agent_signals (QUANT_ASSETS_TRADING_DB; default SQLite under the artifacts root)."""
+
+    url: str
+
+    def get_store(self) -> TradingStore:
+        return TradingStore(self.url)
+
+
 def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     root = str(settings.artifacts_path)
     return {
@@ -80,4 +91,7 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
         "artifacts": ArtifactStore(root=root),
         "io_manager": ParquetIOManager(root=root),
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_uri),
+        "trading_store": TradingStoreResource(
+            url=sql_url_for(settings.trading_db, settings.artifacts_path)
+        ),
     }

@@ -16,6 +16,10 @@ import dagster as dg
 
 from quant_assets.defs.partitions import symbol_timeframe_partitions, timeframe_partitions
 
+RUNS_LAST_TAG = "quant_assets/runs_last"
+# blocking checks that encode a decision (a rejected challenger), not a data problem
+DECISION_CHECKS = frozenset({"promotion_gates"})
+
 
 @dataclass(frozen=True)
 class PlannedRun:
@@ -40,6 +44,7 @@ class RunOutcome:
     error: str | None = None
     failed_checks: list[str] = field(default_factory=list)
     warned_checks: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -83,6 +88,12 @@ def plan_runs(
                 )
                 stage = max(stage, stage_of[parent] + int(bump))
         stage_of[key] = stage
+    # assets tagged RUNS_LAST (signals) read registry state that earlier assets change (the champion
+    # alias), without a data dependency that a failed promotion gate would skip them through
+    last = [k for k in stage_of if graph.get(k).tags.get(RUNS_LAST_TAG) == "true"]
+    if last:
+        final = max(stage for key, stage in stage_of.items() if key not in last) + 1
+        stage_of.update({key: max(stage_of[key], final) for key in last})
     groups: dict[tuple[int, str], list[dg.AssetKey]] = {}
     for key, stage in stage_of.items():
         groups.setdefault((stage, _partition_kind(graph, key)), []).append(key)
@@ -127,6 +138,31 @@ def _step_error(result: dg.ExecuteInProcessResult) -> str:
     return (
         "\n".join(messages) or "run failed without a step failure (see the run in the Dagster UI)"
     )
+
+
+def _only_decisions_failed(result: dg.ExecuteInProcessResult) -> bool:
+    """True when the run failed only because a decision check (promotion gate) blocked it."""
+    failures = result.get_step_failure_events()
+    if not failures:
+        return False
+    failed_checks = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    blocked = all("DagsterAssetCheckFailedError" in _step_error_of(e) for e in failures)
+    return (
+        blocked and bool(failed_checks) and failed_checks <= DECISION_CHECKS | _warn_checks(result)
+    )
+
+
+def _warn_checks(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {
+        e.check_name
+        for e in result.get_asset_check_evaluations()
+        if e.severity == dg.AssetCheckSeverity.WARN
+    }
+
+
+def _step_error_of(event) -> str:
+    error = event.step_failure_data.error
+    return f"{error.cls_name}: {error.message}" if error else ""
 
 
 def execute_plan(
@@ -182,10 +218,17 @@ def _run_one(
     )
     outcome = RunOutcome(planned, "success" if result.success else "failed", run_id=result.run_id)
     outcome.seconds = time.perf_counter() - started
-    if not result.success:
+    if not result.success and not _only_decisions_failed(result):
         outcome.error = _step_error(result)
+    elif not result.success:
+        outcome.status = "success"  # a rejected challenger: the gate did its job
     for evaluation in result.get_asset_check_evaluations():
         name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+        if evaluation.check_name in DECISION_CHECKS:
+            outcome.decisions.append(
+                f"{evaluation.check_name}: {'pass' if evaluation.passed else 'fail'}"
+            )
+            continue
         if evaluation.passed:
             continue
         if evaluation.severity == dg.AssetCheckSeverity.ERROR:

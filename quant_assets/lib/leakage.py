@@ -163,10 +163,15 @@ def label_lookahead_report(
     labelled = full.filter(pl.col(label_column).is_not_null())
     early = labelled.filter(pl.col(t1_column) <= pl.col("timestamp") + step)
     late = labelled.filter(pl.col(t1_column) > last_close)
-    for bad, what in ((early, "outcome known before the entry bar closed"), (late, "outcome after the data end")):
+    for bad, what in (
+        (early, "outcome known before the entry bar closed"),
+        (late, "outcome after the data end"),
+    ):
         if bad.height:
             row = int(full["timestamp"].search_sorted(bad["timestamp"][0]))
-            return LeakageReport(False, cuts, None, row, t1_column, bad[t1_column][0], None, problem=what)
+            return LeakageReport(
+                False, cuts, None, row, t1_column, bad[t1_column][0], None, problem=what
+            )
     compared = [c for c in full.columns if c not in ignore]
     for cut in cuts:
         part = compute(bars.head(cut)).select(compared)

@@ -7,14 +7,14 @@ from datetime import datetime
 import polars as pl
 
 
-def _cell(value: object, float_digits: int) -> str:
+def _cell(value: object, float_digits: int, markdown: bool = True) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.{float_digits}g}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M")
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|") if markdown else str(value)
 
 
 def markdown_table(frame: pl.DataFrame, max_rows: int = 10, float_digits: int = 6) -> str:
@@ -36,7 +36,7 @@ def text_table(rows: list[dict[str, object]], columns: list[str] | None = None) 
     if not rows:
         return "(no rows)"
     columns = columns or list(rows[0])
-    cells = [[_cell(r.get(c), 4) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c), 4, markdown=False) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))

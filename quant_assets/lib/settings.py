@@ -49,6 +49,8 @@ class Settings:
     synthetic_random_walk: bool = False
     #: table read by the postgres source
     postgres_table: str = "trading.historical_data"
+    #: SQL database of promotion_log, alerts, agent_preds, agent_signals; empty = SQLite under artifacts
+    trading_db: str = ""
     #: where this came from, for logs
     origin: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -86,6 +88,7 @@ _ENV = {
     "synthetic_start": "QUANT_ASSETS_SYNTHETIC_START",
     "synthetic_random_walk": "QUANT_ASSETS_SYNTHETIC_RANDOM_WALK",
     "postgres_table": "QUANT_ASSETS_POSTGRES_TABLE",
+    "trading_db": "QUANT_ASSETS_TRADING_DB",
 }
 ENV_VARS: dict[str, str] = dict(_ENV)
 

@@ -7,6 +7,7 @@ passes explicit pip requirements: letting MLflow infer them starts a subprocess 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
 import tempfile
@@ -93,6 +94,40 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class LoadedModel:
+    """A registered version ready to score: the model, its calibrator and its feature list."""
+
+    name: str
+    version: str
+    run_id: str
+    model_type: str
+    model: Any
+    calibrator: Any  # quant_assets.lib.calibration.Calibrator | None
+    feature_columns: list[str]
+    tags: dict[str, str]
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The long threshold chosen on this model's out-of-fold predictions, if recorded."""
+        value = self.tags.get("decision_threshold")
+        return float(value) if value else None
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        """Calibrated probability of the positive class for each row of a polars frame."""
+        import polars as pl
+
+        missing = [c for c in self.feature_columns if c not in frame.columns]
+        if missing:
+            raise KeyError(f"{self.name} v{self.version} needs feature columns {missing}")
+        X = frame.select(pl.col(self.feature_columns).cast(pl.Float64)).to_numpy()
+        if self.model_type == "lightgbm":
+            raw = np.asarray(self.model.predict(X), dtype=np.float64)
+        else:
+            raw = np.asarray(self.model.predict_proba(X)[:, 1], dtype=np.float64)
+        return self.calibrator.predict(raw) if self.calibrator is not None else raw
+
+
+@dataclass(frozen=True)
 class RegisteredVersion:
     name: str
     version: str
@@ -106,6 +141,8 @@ class Tracker:
     def __init__(self, tracking_uri: str) -> None:
         import mlflow
 
+        # MLflow prints registration notices and a pip-version warning per model at INFO/WARNING
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
         prepare_tracking_store(tracking_uri)
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
@@ -220,6 +257,51 @@ class Tracker:
             registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}"
         )
 
+    def load_model(self, name: str, version: str) -> LoadedModel:
+        """Load a registered version with the calibrator and feature list logged beside it."""
+        import mlflow
+
+        from quant_assets.lib.calibration import Calibrator
+
+        mv = self.client.get_model_version(name, str(version))
+        model_type = mv.tags.get("model_type") or self.client.get_run(mv.run_id).data.tags.get(
+            "model_type", "lightgbm"
+        )
+        uri = f"models:/{name}/{version}"
+        mlflow.set_registry_uri(self.tracking_uri)
+        model = (
+            mlflow.lightgbm.load_model(uri)
+            if model_type == "lightgbm"
+            else mlflow.sklearn.load_model(uri)
+        )
+        artifacts = {a.path for a in self.client.list_artifacts(mv.run_id)}
+        calibrator = None
+        if "calibrator.json" in artifacts:
+            calibrator = Calibrator.from_dict(self._json_artifact(mv.run_id, "calibrator.json"))
+        features = self._json_artifact(mv.run_id, "feature_list.json")["features"]
+        return LoadedModel(
+            name, str(version), mv.run_id, model_type, model, calibrator, features, dict(mv.tags)
+        )
+
+    def _json_artifact(self, run_id: str, path: str) -> dict[str, Any]:
+        import mlflow
+
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
+        )
+        return json.loads(Path(local).read_text())
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(name, alias)
+
+    def version_count(self, name: str) -> int:
+        """How many versions were registered (the trials behind a deflated Sharpe ratio)."""
+        return len(self.client.search_model_versions(f"name = '{name}'"))
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
@@ -229,6 +311,8 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return {alias: str(v) for alias, v in self.client.get_registered_model(name).aliases.items()}
+            return {
+                alias: str(v) for alias, v in self.client.get_registered_model(name).aliases.items()
+            }
         except MlflowException:
             return {}

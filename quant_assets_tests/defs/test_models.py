@@ -174,7 +174,9 @@ def test_four_partitions_train_in_parallel_on_the_sqlite_store(
     keys = [f"{s}|1d" for s in symbols]
     home = str(project_dir / "dagster_home")
     args = [(home, str(project_dir / "artifacts"), mlflow_uri, k) for k in keys]
-    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=4, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         results = list(pool.map(_train_one, args))
     assert [r for r in results if not r[1]] == [], results
     names = {m.name for m in Tracker(mlflow_uri).client.search_registered_models()}
@@ -196,7 +198,6 @@ def test_global_model_per_timeframe(instance, project_dir, mlflow_uri, short_his
         0, named=True
     )
     assert record["status"] == "trained" and record["symbols"] == "BTCUSDT, ETHUSDT"
-    client = Tracker(mlflow_uri).client
     assert Tracker(mlflow_uri).aliases("direction_global.4h") == {"challenger": record["version"]}
     calibrators = json.loads(
         Path(

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory with no quant-assets environment: defaults apply."""
-    monkeypatch.setenv("DAGSTER_HOME", "unset")  # the CLI sets it; monkeypatch restores it afterwards
+    monkeypatch.setenv(
+        "DAGSTER_HOME", "unset"
+    )  # the CLI sets it; monkeypatch restores it afterwards
     for var in list(os.environ):
         if var.startswith(("QUANT_ASSETS_", "DAGSTER_")) and var != "QUANT_ASSETS_REQUIRE_SERVICES":
             monkeypatch.delenv(var)
@@ -42,7 +44,9 @@ def test_console_script_help() -> None:
     assert out.returncode == 0
     for word in ("demo", "symbols", "materialize", "QUANT_ASSETS_SOURCE", "DAGSTER_HOME"):
         assert word in out.stdout
-    out = subprocess.run([script, "materialize", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [script, "materialize", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert "--select" in out.stdout and "--timeframes" in out.stdout
 
 
@@ -55,7 +59,9 @@ def test_symbols_and_materialize_on_the_synthetic_source(user_dir: Path, capsys)
     assert code == 2 and "'|'" in err
     assert (user_dir / "watchlist.txt").read_text().splitlines()[1:] == ["BTCUSDT", "SPY"]
 
-    code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--symbols", "BTCUSDT", "--timeframes", "1h")
+    code, out, err = _run(
+        capsys, "materialize", "--select", "ohlcv", "--symbols", "BTCUSDT", "--timeframes", "1h"
+    )
     assert code == 0, err
     assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1h]" in out
     assert "summary: 1 succeeded, 0 failed, 0 skipped" in out
@@ -85,7 +91,10 @@ def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) 
     data = user_dir / "data"
     data.mkdir()
     weekdays = [d for d in range(3, 29) if d not in (8, 9, 15, 16, 22, 23)]  # March 2025
-    rows = "".join(f"2025-03-{d:02d},{100 + d},{102 + d},{99 + d},{101 + d},{101 + d},{10_000 + d}\n" for d in weekdays)
+    rows = "".join(
+        f"2025-03-{d:02d},{100 + d},{102 + d},{99 + d},{101 + d},{101 + d},{10_000 + d}\n"
+        for d in weekdays
+    )
     header = "Date,Open,High,Low,Close,Adj Close,Volume\n"
     (data / "SPY.csv").write_text(header + rows)
     monkeypatch.setenv("QUANT_ASSETS_SOURCE", f"files:{data}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -169,16 +168,14 @@ def test_sample_weights_equal_naive_average_uniqueness():
     np.testing.assert_allclose(sample_weights(a, b), naive, rtol=1e-12)
 
 
-def test_sample_weights_are_linear_in_the_number_of_bars():
+def test_sample_weights_scale_to_a_million_long_overlapping_labels():
     # 1M labels whose lives overlap by up to 500k bars: a per-label or per-pair computation would
-    # take hours; the difference-array version takes well under a second
+    # not finish; the O(n) difference-array version is timed in benchmarks/, not here
     rng = np.random.default_rng(3)
     n = 1_000_000
     a = np.arange(n)
     b = a + rng.integers(0, 500_000, n)
-    start = time.perf_counter()
     weights = sample_weights(a, b)
-    assert time.perf_counter() - start < 3.0
     assert np.isfinite(weights).all() and (weights > 0).all() and (weights <= 1).all()
 
 

@@ -1,0 +1,164 @@
+"""`champion` [symbol × timeframe]: promotion of a challenger that passed the gates; `signals`
+[symbol × timeframe]: the champion's predictions on recent bars, written for execution systems."""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from quant_assets.defs.models import BY_TIMEFRAME
+from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
+from quant_assets.defs.resources import MlflowResource, TradingStoreResource
+from quant_assets.defs.runs import RUNS_LAST_TAG
+from quant_assets.lib.datasets import EXCLUDED_FEATURES
+from quant_assets.lib.registry_ops import promote_version
+from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.signals import long_threshold, make_signals
+from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
+
+
+@dg.asset(
+    partitions_def=symbol_timeframe_partitions,
+    group_name="promotion",
+    kinds={"mlflow"},
+    code_version="1",
+)
+def champion(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowResource,
+    trading_store: TradingStoreResource,
+    champion_challenger_evaluation: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    """Moves the registry alias `champion` to the challenger that passed every gate (the blocking
+    `promotion_gates` check keeps this step from running otherwise), keeps the previous one as
+    `prior_champion`, tags the version with the decision and appends it to promotion_log."""
+    symbol, timeframe = symbol_and_timeframe(context)
+    row = champion_challenger_evaluation.row(0, named=True)
+    result = promote_version(
+        mlflow.get_tracker(),
+        trading_store.get_store(),
+        row["model_name"],
+        row["challenger_version"],
+        symbol=symbol,
+        timeframe=timeframe,
+        action="promote",
+        decided_by="gates",
+        reason=row["reason"],
+        gates=json.loads(row["gates_json"]),
+        dagster_run_id=context.run.run_id,
+    )
+    return dg.Output(
+        pl.DataFrame([{**result, "symbol": symbol, "timeframe": timeframe}]),
+        metadata={
+            "champion": result["champion"],
+            "prior_champion": result["prior_champion"] or "none",
+            "registered_model": row["model_name"],
+            "reason": row["reason"],
+        },
+    )
+
+
+class SignalsConfig(dg.Config):
+    lookback_bars: int = 500
+    """Recent bars the champion scores each time (predictions are upserted, so overlap is harmless)."""
+    threshold_long: float | None = None
+    """Default: the champion's own threshold (chosen on its out-of-fold predictions), else the
+    break-even probability of the barriers plus `edge`, as in the evaluation."""
+    edge: float = 0.05
+    sl_mult: float = 1.0
+    tp_mult: float = 1.75
+    horizon: int = 5
+    """Horizon (bars) recorded with each prediction: the label horizon the model was trained on."""
+
+
+@dg.asset(
+    partitions_def=symbol_timeframe_partitions,
+    ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    group_name="signals",
+    kinds={"sql"},
+    code_version="1",
+    tags={RUNS_LAST_TAG: "true"},
+)
+def signals(
+    context: dg.AssetExecutionContext,
+    config: SignalsConfig,
+    mlflow: MlflowResource,
+    trading_store: TradingStoreResource,
+    ohlcv: pl.DataFrame,
+    features: pl.DataFrame,
+    cross_sectional_ranks: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    """The champion's calibrated `prob_up` on the latest bars, with side, strength and ATR-based
+    stop-loss and take-profit; every row names the registered model, version and MLflow run.
+    Upserted into `agent_preds` and `agent_signals` (no duplicates on re-runs). The champion is
+    read from the registry alias, so a rejected challenger leaves the current champion serving."""
+    symbol, timeframe = symbol_and_timeframe(context)
+    tracker = mlflow.get_tracker()
+    name = registered_model_name(symbol, timeframe)
+    version = tracker.aliases(name).get(ALIAS_CHAMPION)
+    if not version:
+        reason = f"no champion: {name} has no `champion` alias yet"
+        context.log.info(f"{context.partition_key}: {reason}")
+        return dg.Output(
+            pl.DataFrame(schema={"timestamp": pl.Datetime("us", "UTC")}),
+            metadata={"status": "no champion", "reason": reason, "dagster/row_count": 0},
+        )
+    model = tracker.load_model(name, version)
+    ranks = cross_sectional_ranks.filter(pl.col("symbol") == symbol).drop("symbol", "xs_n_symbols")
+    recent = (
+        features.filter(pl.col("is_warm"))
+        .drop(EXCLUDED_FEATURES, strict=False)
+        .join(ranks, on="timestamp", how="left")
+        .join(ohlcv.select("timestamp", "close"), on="timestamp")
+        .join(features.select("timestamp", "atr_14"), on="timestamp")
+        .tail(config.lookback_bars)
+        .drop_nulls(model.feature_columns)
+    )
+    prob = model.predict_proba(recent)
+    frame = make_signals(
+        recent["timestamp"],
+        recent["close"],
+        recent["atr_14"],
+        prob,
+        threshold_long=config.threshold_long
+        or model.decision_threshold
+        or long_threshold(config.tp_mult, config.sl_mult, config.edge),
+        sl_mult=config.sl_mult,
+        tp_mult=config.tp_mult,
+    )
+    frame = frame.with_columns(
+        pl.lit(symbol).alias("symbol"),
+        pl.lit(timeframe).alias("timeframe"),
+        pl.lit(name).alias("model_name"),
+        pl.lit(version).alias("model_version"),
+        pl.lit(model.run_id).alias("mlflow_run_id"),
+        pl.lit(config.horizon).alias("horizon"),
+    )
+    store = trading_store.get_store()
+    store.write_predictions(frame)
+    store.write_signals(frame)
+    latest = frame.tail(1).row(0, named=True) if frame.height else {}
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "status": "ok",
+            "model": f"{name} v{version}",
+            "mlflow_run_id": model.run_id,
+            "longs": int((frame["side"] == 1).sum()),
+            "latest_signal": json.dumps(
+                {
+                    k: str(v)
+                    for k, v in latest.items()
+                    if k in ("timestamp", "side", "prob_up", "stop_loss", "take_profit")
+                }
+            ),
+            "preview": dg.MetadataValue.md(
+                markdown_table(
+                    frame.select(
+                        "timestamp", "prob_up", "side", "strength", "stop_loss", "take_profit"
+                    ).tail(5)
+                )
+            ),
+        },
+    )

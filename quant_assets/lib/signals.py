@@ -1,0 +1,154 @@
+"""Trade signals from a model's probabilities: side, strength, entry and ATR-based stop/take-profit.
+
+The model's target is "take-profit hit before the stop for a LONG entry", so prob_up only speaks
+for longs: by default (threshold_short=None) only long signals are emitted. A low prob_up means
+"a long would likely stop out", not "a short would win"; shorts need a short-side model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+ArrayLike = pl.Series | np.ndarray | Sequence[float]
+
+
+def _floats(values: ArrayLike, name: str, n: int) -> np.ndarray:
+    series = values if isinstance(values, pl.Series) else pl.Series(name, values)
+    array = series.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    if array.size != n:
+        raise ValueError(f"make_signals: {name} has {array.size} values, timestamps have {n}")
+    return array
+
+
+def make_signals(
+    timestamps: pl.Series | Sequence,
+    close: ArrayLike,
+    atr: ArrayLike,
+    prob_up: ArrayLike,
+    *,
+    threshold_long: float = 0.55,
+    threshold_short: float | None = None,
+    sl_mult: float = 1.0,
+    tp_mult: float = 1.75,
+) -> pl.DataFrame:
+    """One row per bar: timestamp, prob_up, side, strength, entry_price, stop_loss, take_profit.
+
+    side is +1 when prob_up >= threshold_long, -1 when threshold_short is set and prob_up <=
+    threshold_short, else 0; a bar whose prob_up, close or ATR is NaN/null (warm-up) is flat.
+    strength is how far prob_up lies past its threshold, as a fraction of the room left:
+    (prob_up - threshold_long) / (1 - threshold_long) for longs, (threshold_short - prob_up) /
+    threshold_short for shorts; 0 when flat. entry_price is the bar's
+    close, since the signal is known only once the bar has closed. Long: stop_loss = close -
+    sl_mult * atr, take_profit = close + tp_mult * atr; short mirrored; both null when flat.
+    """
+    if not 0.0 < threshold_long < 1.0:
+        raise ValueError(f"threshold_long must lie in (0, 1), got {threshold_long}")
+    if threshold_short is not None and not 0.0 < threshold_short < threshold_long:
+        raise ValueError(
+            f"threshold_short must lie in (0, threshold_long={threshold_long}), got {threshold_short}"
+        )
+    if sl_mult <= 0 or tp_mult <= 0:
+        raise ValueError(f"sl_mult and tp_mult must be > 0, got {sl_mult} and {tp_mult}")
+    ts = timestamps if isinstance(timestamps, pl.Series) else pl.Series("timestamp", timestamps)
+    n = ts.len()
+    c, a, p = _floats(close, "close", n), _floats(atr, "atr", n), _floats(prob_up, "prob_up", n)
+    if np.any(a < 0):
+        row = int(np.flatnonzero(a < 0)[0])
+        raise ValueError(f"make_signals: atr must be >= 0, got {a[row]} at row {row}")
+
+    usable = ~(np.isnan(c) | np.isnan(a) | np.isnan(p))
+    side = np.where(usable & (p >= threshold_long), 1, 0)
+    if threshold_short is not None:
+        side = np.where(usable & (p <= threshold_short), -1, side)
+    long_strength = (p - threshold_long) / (1.0 - threshold_long)
+    short_strength = (threshold_short - p) / threshold_short if threshold_short is not None else 0.0
+    strength = np.clip(
+        np.where(side == 1, long_strength, np.where(side == -1, short_strength, 0.0)), 0.0, 1.0
+    )
+    # Flat rows get NaN levels, turned into nulls below.
+    levels = np.where(side != 0, 1.0, np.nan)
+    stop_loss = (c - side * sl_mult * a) * levels
+    take_profit = (c + side * tp_mult * a) * levels
+    return pl.DataFrame(
+        {
+            "timestamp": ts.alias("timestamp"),
+            "prob_up": p,
+            "side": pl.Series(side, dtype=pl.Int8),
+            "strength": strength,
+            "entry_price": c,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        }
+    ).with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def breakeven_probability(tp_mult: float, sl_mult: float) -> float:
+    """Take-profit probability at which a long triple-barrier trade breaks even before costs:
+    p * tp = (1 - p) * sl, i.e. sl / (tp + sl) (0.364 for tp 1.75, sl 1.0 ATR)."""
+    return sl_mult / (tp_mult + sl_mult)
+
+
+def long_threshold(tp_mult: float, sl_mult: float, edge: float = 0.05) -> float:
+    """The default long threshold: break-even probability plus a margin `edge` for costs and error."""
+    return min(breakeven_probability(tp_mult, sl_mult) + edge, 0.99)
+
+
+def position_changes(signals: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """Backtest orders from per-bar signals: enter (or refresh levels) on every long bar, hold for
+    `horizon` bars after the last one (the label's vertical barrier), then a flat row.
+
+    Only rows where something happens are kept, so a stop-loss or take-profit exit is not undone by
+    the next bar repeating an old signal. Columns: timestamp, side, size, stop_loss, take_profit.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    idx = pl.int_range(pl.len())
+    last = pl.when(pl.col("side") != 0).then(idx).otherwise(None).forward_fill()
+    holding = (idx - last < horizon).fill_null(False)
+    flagged = signals.with_columns(_holding=holding)
+    opened = pl.col("side") != 0
+    closed = ~pl.col("_holding") & pl.col("_holding").shift(1, fill_value=False)
+    return flagged.filter(opened | closed).select(
+        "timestamp",
+        pl.when(opened).then(pl.col("side")).otherwise(0).cast(pl.Int8).alias("side"),
+        pl.lit(1.0).alias("size"),
+        pl.when(opened).then(pl.col("stop_loss")).alias("stop_loss"),
+        pl.when(opened).then(pl.col("take_profit")).alias("take_profit"),
+    )
+
+
+def choose_long_threshold(
+    prob: ArrayLike,
+    trade_return: ArrayLike,
+    *,
+    cost: float = 0.0007,
+    min_trades: int = 30,
+    grid: ArrayLike | None = None,
+    fallback: float = 0.5,
+) -> float:
+    """The probability threshold whose long trades earned the best risk-adjusted return on
+    OUT-OF-FOLD predictions (never the hold-out): maximises mean / std * sqrt(n) of
+    `trade_return - cost` over the rows with prob >= threshold, among thresholds leaving at least
+    `min_trades` rows. `fallback` when no threshold has a positive mean (the model shows no edge)."""
+    p = np.asarray(prob, dtype=np.float64)
+    r = np.asarray(trade_return, dtype=np.float64) - cost
+    ok = np.isfinite(p) & np.isfinite(r)
+    p, r = p[ok], r[ok]
+    candidates = np.asarray(grid if grid is not None else np.round(np.arange(0.05, 0.96, 0.01), 2))
+    best, best_score = fallback, 0.0
+    order = np.argsort(-p)
+    p_sorted, r_sorted = p[order], r[order]
+    csum, csum2 = np.cumsum(r_sorted), np.cumsum(r_sorted**2)
+    for threshold in candidates:
+        n = int(np.searchsorted(-p_sorted, -threshold, side="right"))
+        if n < max(min_trades, 2):
+            continue
+        mean = csum[n - 1] / n
+        var = max(csum2[n - 1] / n - mean**2, 1e-18) * n / (n - 1)
+        score = mean / np.sqrt(var) * np.sqrt(n)
+        if mean > 0 and score > best_score:
+            best, best_score = float(threshold), float(score)
+    return best
