@@ -247,6 +247,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"universe: {', '.join(settings.universe)} (newly registered: {', '.join(added) or 'none'})"
     )
     status = run_selection(settings, args.select, None, None, args.verbose)
+    print()
+    cmd_status(args, settings)
     if status == 0:
         print(
             f"\nopen the UI with:  quant-assets dev   (DAGSTER_HOME={settings.dagster_home_path})"

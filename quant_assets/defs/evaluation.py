@@ -181,30 +181,15 @@ def champion_challenger_evaluation(
     kind = "24/7" if infer_calendar(ohlcv, timeframe).name == "crypto_24_7" else "session"
     ppy = annualization(timeframe, kind)
     n_trials = max(tracker.version_count(name), 1)
-    scored = {
-        "challenger": score_on_holdout(
-            tracker.load_model(name, record["version"]),
-            holdout,
-            ohlcv,
-            atr,
-            timeframe,
-            ppy,
-            n_trials,
-            config,
-        )
-    }
+
+    def score(version: str):
+        model = tracker.load_model(name, version)
+        return score_on_holdout(model, holdout, ohlcv, atr, timeframe, ppy, n_trials, config)
+
+    scored = {"challenger": score(record["version"])}
     champion_version = tracker.aliases(name).get(ALIAS_CHAMPION)
     if champion_version and champion_version != record["version"]:
-        scored["champion"] = score_on_holdout(
-            tracker.load_model(name, champion_version),
-            holdout,
-            ohlcv,
-            atr,
-            timeframe,
-            ppy,
-            n_trials,
-            config,
-        )
+        scored["champion"] = score(champion_version)
     metrics = {role: m for role, (m, _) in scored.items()}
     decision = evaluate_gates(metrics["challenger"], metrics.get("champion"), config.gate_config())
     workdir = Path(tempfile.mkdtemp(prefix="qa_eval_"))

@@ -275,7 +275,7 @@ def log_training_run(
             run_id,
             {
                 **result.overall_metrics,
-                **{f"holdout_{k}": v for k, v in result.holdout_metrics.items()},
+                **result.holdout_metrics,
             },
         )
         plot = calibration_plot_png(
@@ -342,7 +342,7 @@ def log_training_run(
         "decision_threshold": threshold,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{k: float(v) for k, v in result.overall_metrics.items()},
-        **{f"holdout_{k}": float(v) for k, v in result.holdout_metrics.items()},
+        **{k: float(v) for k, v in result.holdout_metrics.items()},
     }
     return record, plot
 

@@ -6,8 +6,11 @@ passes explicit pip requirements: letting MLflow infer them starts a subprocess 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import tempfile
@@ -143,6 +146,7 @@ class Tracker:
 
         # MLflow prints registration notices and a pip-version warning per model at INFO/WARNING
         logging.getLogger("mlflow").setLevel(logging.ERROR)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         prepare_tracking_store(tracking_uri)
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
@@ -245,10 +249,12 @@ class Tracker:
             registered_model_name=registered_name,
             await_registration_for=0,
         )
-        if model_type == "lightgbm":
-            info = mlflow.lightgbm.log_model(model.booster_, **common)
-        else:
-            info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
+        # registration notices are printed straight to stderr; the asset's metadata says it better
+        with contextlib.redirect_stderr(io.StringIO()):
+            if model_type == "lightgbm":
+                info = mlflow.lightgbm.log_model(model.booster_, **common)
+            else:
+                info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
         version = str(info.registered_model_version)
         for key, value in tags.items():
             self.client.set_model_version_tag(registered_name, version, key, str(value))
