@@ -259,7 +259,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     prepare_instance_home(settings)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    argv = ["dagster", "dev", "-p", str(args.port)]
+    dagster = Path(sys.executable).with_name("dagster")  # the venv's, whether or not it is activated
+    argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-p", str(args.port)]
     argv += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
     os.execvp(argv[0], argv)
