@@ -160,6 +160,7 @@ def run_selection(
     symbols: list[str] | None,
     timeframes: list[str] | None,
     verbose: bool = False,
+    config_file: str | None = None,
 ) -> int:
     from quant_assets.definitions import build_defs
     from quant_assets.defs.runs import execute_plan, plan_runs
@@ -207,7 +208,12 @@ def run_selection(
             print("    " + outcome.error.replace("\n", "\n    "), file=sys.stderr, flush=True)
 
     outcomes = execute_plan(
-        defs, plan, instance, on_progress=progress, log_level="INFO" if verbose else "CRITICAL"
+        defs,
+        plan,
+        instance,
+        on_progress=progress,
+        log_level="INFO" if verbose else "CRITICAL",
+        asset_config=load_asset_config(config_file),
     )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("success", "failed", "skipped")}
     print(
@@ -232,8 +238,28 @@ def run_selection(
     return 0
 
 
+def load_asset_config(path: str | None) -> dict[str, dict]:
+    """Asset name -> Config values from a YAML/JSON file (the Launchpad's `ops:` section, or its body)."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise QuantAssetsError(f"--config {path}: cannot read it: {exc}") from exc
+    ops = data.get("ops", data) if isinstance(data, dict) else None
+    if not isinstance(ops, dict) or not all(isinstance(v, dict) for v in ops.values()):
+        raise QuantAssetsError(
+            f"--config {path}: expected a mapping of asset name -> config values"
+        )
+    return {name: body.get("config", body) for name, body in ops.items()}
+
+
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
-    return run_selection(settings, args.select, args.symbols, args.timeframes, args.verbose)
+    return run_selection(
+        settings, args.select, args.symbols, args.timeframes, args.verbose, args.config
+    )
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -246,7 +272,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"universe: {', '.join(settings.universe)} (newly registered: {', '.join(added) or 'none'})"
     )
-    status = run_selection(settings, args.select, None, None, args.verbose)
+    status = run_selection(settings, args.select, None, None, args.verbose, args.config)
     print()
     cmd_status(args, settings)
     if status == 0:
@@ -259,7 +285,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     prepare_instance_home(settings)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    dagster = Path(sys.executable).with_name("dagster")  # the venv's, whether or not it is activated
+    dagster = Path(sys.executable).with_name(
+        "dagster"
+    )  # the venv's, whether or not it is activated
     argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-p", str(args.port)]
     argv += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
@@ -440,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeframes", nargs="+", metavar="T", help="default: the configured timeframes"
     )
     mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's step logs (INFO)")
+    mat.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML/JSON of asset Config, e.g. {challenger_model: {model_type: logistic}} "
+        "(the Launchpad's `ops:` section also works)",
+    )
     mat.set_defaults(func=cmd_materialize)
 
     promote = sub.add_parser(

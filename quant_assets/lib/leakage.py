@@ -152,8 +152,8 @@ def label_lookahead_report(
     """Labels are known only after their entry bar closed, never after the data ends, and never change.
 
     On the full history every labelled row needs close(entry) < t1 <= close(last bar). At each cut,
-    rows labelled from the truncated history must equal the full computation (rows that become
-    labelled only with more data are the expected difference). `ignore` lists columns that may
+    every value computed from the truncated history must equal the full computation (values still
+    null there, outcomes not known yet, are the expected difference). `ignore` lists columns that may
     legitimately depend on later labels (sample weights count concurrent labels).
     """
     full = compute(bars)
@@ -175,9 +175,11 @@ def label_lookahead_report(
     compared = [c for c in full.columns if c not in ignore]
     for cut in cuts:
         part = compute(bars.head(cut)).select(compared)
-        known = part[label_column].is_not_null()
         head = full.select(compared).head(part.height)
         for name in compared:
+            # a value known from the truncated history must never change; a null there is an
+            # outcome not known yet (e.g. a longer fixed horizon than the triple barrier's)
+            known = part[name].is_not_null()
             bad = (_mismatches(head[name], part[name], RECURSIVE_RTOL) & known).arg_true()
             if len(bad):
                 row = int(bad[0])

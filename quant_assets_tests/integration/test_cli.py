@@ -111,3 +111,20 @@ def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) 
     assert "SPY.csv" in err and "'Close'" in err and "not-a-price" in err
     assert "summary: 0 succeeded, 1 failed" in out
     assert parquet.read_bytes() == before
+
+
+def test_materialize_config_file_reaches_the_asset(user_dir: Path, capsys) -> None:
+    """Asset Config from --config (Launchpad style): labels computed with a custom horizon."""
+    (user_dir / "run.yaml").write_text("ops:\n  labels:\n    config:\n      horizon: 3\n")
+    assert _run(capsys, "symbols", "add", "ETHUSDT")[0] == 0
+    code, out, err = _run(
+        capsys, "materialize", "--select", "*labels", "--timeframes", "1d", "--config", "run.yaml"
+    )
+    assert code == 0, out + err
+    import polars as pl
+
+    labels = pl.read_parquet(user_dir / "artifacts" / "labels" / "ETHUSDT" / "1d.parquet")
+    assert labels["holding_bars"].max() == 3
+    (user_dir / "bad.yaml").write_text("- just a list\n")
+    code, _, err = _run(capsys, "materialize", "--select", "labels", "--config", "bad.yaml")
+    assert code == 2 and "bad.yaml" in err
