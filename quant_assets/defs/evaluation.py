@@ -1,6 +1,7 @@
 """`champion_challenger_evaluation` [symbol × timeframe]: challenger and champion scored on the same
 hold-out with the same backtest, promotion gates decided, and a blocking check that gates `champion`."""
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from quant_assets.lib.performance import annualization, performance_metrics
 from quant_assets.lib.plots import backtest_report_png, equity_curve_png
 from quant_assets.lib.promotion import GateConfig, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import long_threshold, make_signals, position_changes
+from quant_assets.lib.signals import make_signals, position_changes, resolve_long_threshold
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
 
@@ -62,22 +63,15 @@ class EvaluationConfig(dg.Config):
     delay: int = 1
     """Bars between the signal's bar and execution (at least 1: never on the bar that made it)."""
 
-    def long_threshold(self, model: LoadedModel | None = None) -> float:
-        if self.threshold_long is not None:
-            return self.threshold_long
-        if model is not None and model.decision_threshold is not None:
-            return model.decision_threshold
-        return long_threshold(self.tp_mult, self.sl_mult, self.edge)
+    def long_threshold(self, model: LoadedModel) -> float:
+        return resolve_long_threshold(
+            self.threshold_long, model.decision_threshold, self.tp_mult, self.sl_mult, self.edge
+        )
 
     def gate_config(self) -> GateConfig:
-        return GateConfig(
-            min_sortino=self.min_sortino,
-            min_profit_factor=self.min_profit_factor,
-            max_drawdown=self.max_drawdown,
-            max_ece=self.max_ece,
-            min_trades=self.min_trades,
-            champion_drawdown_tolerance=self.champion_drawdown_tolerance,
-        )
+        """The gate fields of this Config (same names as GateConfig's)."""
+        names = {f.name for f in dataclasses.fields(GateConfig)}
+        return GateConfig(**{k: v for k, v in self.model_dump().items() if k in names})
 
 
 def score_on_holdout(

@@ -13,7 +13,7 @@ from quant_assets.defs.runs import RUNS_LAST_TAG
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
 from quant_assets.lib.registry_ops import promote_version
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import long_threshold, make_signals
+from quant_assets.lib.signals import make_signals, resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
@@ -120,9 +120,13 @@ def signals(
         recent["close"],
         recent["atr_14"],
         prob,
-        threshold_long=config.threshold_long
-        or model.decision_threshold
-        or long_threshold(config.tp_mult, config.sl_mult, config.edge),
+        threshold_long=resolve_long_threshold(
+            config.threshold_long,
+            model.decision_threshold,
+            config.tp_mult,
+            config.sl_mult,
+            config.edge,
+        ),
         sl_mult=config.sl_mult,
         tp_mult=config.tp_mult,
     )

@@ -96,6 +96,22 @@ def long_threshold(tp_mult: float, sl_mult: float, edge: float = 0.05) -> float:
     return min(breakeven_probability(tp_mult, sl_mult) + edge, 0.99)
 
 
+def resolve_long_threshold(
+    explicit: float | None,
+    model_threshold: float | None,
+    tp_mult: float,
+    sl_mult: float,
+    edge: float,
+) -> float:
+    """The long threshold in force: an explicit one, else the model's own (chosen on its out-of-fold
+    predictions), else the barriers' break-even probability plus `edge`."""
+    if explicit is not None:
+        return explicit
+    if model_threshold is not None:
+        return model_threshold
+    return long_threshold(tp_mult, sl_mult, edge)
+
+
 def position_changes(signals: pl.DataFrame, horizon: int) -> pl.DataFrame:
     """Backtest orders from per-bar signals: enter (or refresh levels) on every long bar, hold for
     `horizon` bars after the last one (the label's vertical barrier), then a flat row.
