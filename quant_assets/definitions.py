@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from quant_assets.defs.automation import Clock, build_automation, wall_clock
+from quant_assets.defs.conditions import limited_to_timeframes
 from quant_assets.defs.evaluation import champion_challenger_evaluation
 from quant_assets.defs.features import cross_sectional_ranks, features
+from quant_assets.defs.health import model_health
 from quant_assets.defs.labels import labels
+from quant_assets.defs.meta import META_ASSETS
 from quant_assets.defs.models import (
     challenger_model,
     global_challenger_model,
@@ -31,16 +35,22 @@ ASSETS = [
     champion_challenger_evaluation,
     champion,
     signals,
+    model_health,
+    *META_ASSETS,
 ]
 ASSET_CHECKS = [*ohlcv_checks]
 
 
-def build_defs(settings: Settings) -> dg.Definitions:
+def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
+    """Everything Dagster loads; `clock` is the time the retrain sensors see (tests move it)."""
+    automation = build_automation(settings, clock)
     return dg.Definitions(
-        assets=ASSETS,
+        assets=limited_to_timeframes(ASSETS, settings.timeframes),
         asset_checks=ASSET_CHECKS,
         resources=resources_from_settings(settings),
-        sensors=[build_watchlist_sensor(settings.watchlist_path)],
+        schedules=automation["schedules"],
+        sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],
+        jobs=automation["jobs"],
     )
 
 

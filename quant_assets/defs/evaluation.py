@@ -9,9 +9,18 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from quant_assets.defs.models import image_markdown
-from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
-from quant_assets.defs.resources import MlflowResource, TradingStoreResource
+from quant_assets.defs.features import features
+from quant_assets.defs.models import (
+    RETRAIN_BACKFILL_POLICY,
+    batch_output,
+    challenger_model,
+    image_markdown,
+    training_dataset,
+    walk_forward_splits,
+)
+from quant_assets.defs.ohlcv import ohlcv
+from quant_assets.defs.partitions import step_partitions, symbol_timeframe_partitions
+from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.backtest import run_backtest
 from quant_assets.lib.calendars import infer_calendar
 from quant_assets.lib.metrics import classification_metrics
@@ -23,6 +32,8 @@ from quant_assets.lib.signals import make_signals, position_changes, resolve_lon
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
 
+#: the step output Dagster gives the `promotion_gates` check (<asset>_<check>)
+PROMOTION_GATES_OUTPUT = "champion_challenger_evaluation_promotion_gates"
 SHOWN_METRICS = (
     "roc_auc",
     "ece",
@@ -49,6 +60,8 @@ class EvaluationConfig(dg.Config):
     max_ece: float = 0.15
     min_trades: int = 20
     champion_drawdown_tolerance: float = 0.01
+    require_beat_champion: bool = True
+    """A challenger must beat the champion's Sortino or total return on the same hold-out."""
     threshold_long: float | None = None
     """Calibrated take-profit probability from which a bar gets a long signal; default: each model's
     own threshold, chosen on its out-of-fold predictions at training (tag `decision_threshold`),
@@ -127,14 +140,18 @@ def score_on_holdout(
 
 @dg.asset(
     partitions_def=symbol_timeframe_partitions,
+    deps=[challenger_model, training_dataset, walk_forward_splits, ohlcv, features],
     group_name="promotion",
     kinds={"mlflow"},
     code_version="1",
+    backfill_policy=RETRAIN_BACKFILL_POLICY,
     check_specs=[
         dg.AssetCheckSpec(
             "promotion_gates",
             asset="champion_challenger_evaluation",
             blocking=True,
+            # a result per partition, which `champion`'s automation condition reads
+            partitions_def=symbol_timeframe_partitions,
             description="The challenger passed every promotion gate; when it fails, `champion` does not run.",
         )
     ],
@@ -144,29 +161,85 @@ def champion_challenger_evaluation(
     config: EvaluationConfig,
     mlflow: MlflowResource,
     trading_store: TradingStoreResource,
-    challenger_model: pl.DataFrame,
-    training_dataset: pl.DataFrame,
-    walk_forward_splits: pl.DataFrame,
-    ohlcv: pl.DataFrame,
-    features: pl.DataFrame,
+    artifacts: ArtifactStore,
 ):
     """The challenger and the current champion (registry alias) on exactly the same hold-out rows and
     backtest settings: classification and backtest metrics side by side, both equity curves, and the
-    gate decision. Rejections are logged here (promotion_log); promotions by `champion`."""
-    symbol, timeframe = symbol_and_timeframe(context)
+    gate decision. Rejections are logged here (promotion_log); promotions by `champion`.
+
+    In a batched retrain run every partition is evaluated in turn and gets its own `promotion_gates`
+    result; a rejection there is recorded at WARN severity so that it does not fail the run of the
+    partitions batched with it, and `champion`'s automation condition promotes only partitions
+    whose gate passed."""
+    parts = step_partitions(context)
+    results = {
+        key: _evaluate_partition(context, config, mlflow, trading_store, artifacts, symbol, tf)
+        for key, symbol, tf in parts
+    }
+    outputs = {key: (frame, metadata) for key, (frame, metadata, _, _) in results.items()}
+    yield batch_output(context, outputs)
+    if len(results) == 1 and context.has_partition_key:
+        _, _, passed, check_metadata = next(iter(results.values()))
+        yield dg.AssetCheckResult(
+            check_name="promotion_gates", passed=passed, metadata=check_metadata
+        )
+        return
+    # An AssetCheckResult in a step over several partitions would be recorded for no partition;
+    # Dagster turns one into exactly these two events, so the step emits them per partition.
+    yield dg.Output(None, output_name=PROMOTION_GATES_OUTPUT)
+    for key, (_, _, passed, check_metadata) in results.items():
+        yield dg.AssetCheckEvaluation(
+            asset_key=context.asset_key,
+            check_name="promotion_gates",
+            passed=passed,
+            metadata=check_metadata,
+            severity=dg.AssetCheckSeverity.ERROR if passed else dg.AssetCheckSeverity.WARN,
+            blocking=True,
+            partition=key,
+            target_materialization_data=_latest_materialization(context, key),
+        )
+
+
+def _latest_materialization(context: dg.AssetExecutionContext, partition: str):
+    """What an AssetCheckResult records as the materialization it checked (the one just made)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id,
+        run_id=records[0].event_log_entry.run_id,
+        timestamp=records[0].timestamp,
+    )
+
+
+def _evaluate_partition(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    mlflow: MlflowResource,
+    trading_store: TradingStoreResource,
+    artifacts: ArtifactStore,
+    symbol: str,
+    timeframe: str,
+) -> tuple[pl.DataFrame, dict, bool, dict]:
+    """(stored row, asset metadata, gate passed, check metadata) of one partition."""
+    challenger_model = artifacts.require_partition("challenger_model", symbol, timeframe)
+    training_dataset = artifacts.require_partition("training_dataset", symbol, timeframe)
+    walk_forward_splits = artifacts.require_partition("walk_forward_splits", symbol, timeframe)
+    ohlcv = artifacts.require_partition("ohlcv", symbol, timeframe)
+    features = artifacts.require_partition("features", symbol, timeframe)
     record = challenger_model.row(0, named=True)
     if record["status"] != "trained":
         reason = f"no challenger: {record.get('reason') or record['status']}"
-        yield dg.Output(
-            pl.DataFrame(
-                [{"symbol": symbol, "timeframe": timeframe, "decision": "none", "reason": reason}]
-            ),
-            metadata={"decision": "none", "reason": reason},
+        frame = pl.DataFrame(
+            [{"symbol": symbol, "timeframe": timeframe, "decision": "none", "reason": reason}]
         )
-        yield dg.AssetCheckResult(
-            check_name="promotion_gates", passed=False, metadata={"reason": reason}
-        )
-        return
+        return frame, {"decision": "none", "reason": reason}, False, {"reason": reason}
     tracker = mlflow.get_tracker()
     name = record["model_name"]
     plan = split_plan_from_frame(walk_forward_splits)
@@ -217,7 +290,7 @@ def champion_challenger_evaluation(
         f"{symbol}|{timeframe}",
         {
             "dagster.run_id": context.run.run_id,
-            "dagster.partition_key": str(context.partition_key),
+            "dagster.partition_key": f"{symbol}|{timeframe}",
             "challenger_version": record["version"],
             "champion_version": champion_version or "none",
             "decision": "promote" if decision.promote else "reject",
@@ -270,30 +343,24 @@ def champion_challenger_evaluation(
         **{f"challenger_{k}": v for k, v in metrics["challenger"].items()},
         **{f"champion_{k}": v for k, v in metrics.get("champion", {}).items()},
     }
-    yield dg.Output(
-        pl.DataFrame([out]),
-        metadata={
-            "decision": out["decision"],
-            "reason": decision.reason,
-            "challenger_version": record["version"],
-            "champion_version": champion_version or "none",
-            "holdout_rows": holdout.height,
-            "holdout_window": f"{holdout['timestamp'].min()} .. {holdout['timestamp'].max()}",
-            "side_by_side": dg.MetadataValue.md(
-                markdown_table(side_by_side, max_rows=len(SHOWN_METRICS))
-            ),
-            "gates": dg.MetadataValue.md(markdown_table(gates, max_rows=20)),
-            "equity_curves": dg.MetadataValue.md(image_markdown(equity_png, "equity curves")),
-            "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
-            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
-        },
-    )
-    yield dg.AssetCheckResult(
-        check_name="promotion_gates",
-        passed=decision.promote,
-        metadata={
-            "decision": out["decision"],
-            "reason": decision.reason,
-            **{gate.name: gate.describe() for gate in decision.gates},
-        },
-    )
+    metadata = {
+        "decision": out["decision"],
+        "reason": decision.reason,
+        "challenger_version": record["version"],
+        "champion_version": champion_version or "none",
+        "holdout_rows": holdout.height,
+        "holdout_window": f"{holdout['timestamp'].min()} .. {holdout['timestamp'].max()}",
+        "side_by_side": dg.MetadataValue.md(
+            markdown_table(side_by_side, max_rows=len(SHOWN_METRICS))
+        ),
+        "gates": dg.MetadataValue.md(markdown_table(gates, max_rows=20)),
+        "equity_curves": dg.MetadataValue.md(image_markdown(equity_png, "equity curves")),
+        "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
+        "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
+    }
+    check_metadata = {
+        "decision": out["decision"],
+        "reason": decision.reason,
+        **{gate.name: gate.describe() for gate in decision.gates},
+    }
+    return pl.DataFrame([out]), metadata, decision.promote, check_metadata

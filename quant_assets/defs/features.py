@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 import polars.selectors as cs
 
+from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import (
     symbol_and_timeframe,
     symbol_timeframe_partitions,
@@ -48,6 +49,7 @@ class FeaturesConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
     ins={"ohlcv": dg.AssetIn(partition_mapping=SAME_SYMBOL_COARSER_TIMEFRAMES)},
     group_name="research",
@@ -146,6 +148,7 @@ def features(
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=timeframe_partitions,
     ins={
         "features": dg.AssetIn(

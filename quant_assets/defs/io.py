@@ -23,12 +23,16 @@ def partition_path(root: str | Path, asset_key: dg.AssetKey, partition_key: str 
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
-    """Stores polars frames as Parquet, atomically; loads one partition as a frame, several as a dict."""
+    """Stores polars frames as Parquet, atomically; loads one partition as a frame, several as a dict.
+    A step over several partitions (a batched backfill run) returns a dict partition key -> frame."""
 
     root: str
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | None) -> None:
         if obj is None:  # an asset that skipped its partition (e.g. too little data) stores nothing
+            return
+        if isinstance(obj, dict):  # a step over several partitions (a batched backfill run)
+            self._write_batch(context, obj)
             return
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(
@@ -38,6 +42,18 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         key = context.partition_key if context.has_partition_key else None
         path = write_parquet_atomic(obj, partition_path(self.root, context.asset_key, key))
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def _write_batch(self, context: dg.OutputContext, frames: dict) -> None:
+        expected = {str(k) for k in context.asset_partition_keys}
+        unknown = sorted(set(frames) - expected)
+        if unknown:
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: the step returned partitions {unknown} "
+                f"outside the ones it covers ({sorted(expected)})"
+            )
+        for key, frame in frames.items():
+            if frame is not None:
+                write_parquet_atomic(frame, partition_path(self.root, context.asset_key, key))
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
         asset_key = context.asset_key

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
 from quant_assets.lib.labels import MINORITY_CLASS_WARN_FRACTION, build_labels, label_summary
 from quant_assets.lib.leakage import label_lookahead_report
@@ -27,6 +28,7 @@ class LabelsConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
     group_name="research",
     kinds={"numpy", "polars"},

@@ -3,6 +3,7 @@ per-timeframe `global_challenger_model`: every trained model is an MLflow run an
 
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,12 +11,20 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import (
+    step_partitions,
     symbol_and_timeframe,
     symbol_timeframe_partitions,
     timeframe_partitions,
 )
-from quant_assets.defs.resources import MarketDataResource, MlflowResource
+from quant_assets.defs.resources import (
+    ArtifactStore,
+    MarketDataResource,
+    MlflowResource,
+    RetrainRulesResource,
+    TradingStoreResource,
+)
 from quant_assets.lib.calibration import calibration_plot_png
 from quant_assets.lib.datasets import (
     TrainingDataset,
@@ -25,8 +34,18 @@ from quant_assets.lib.datasets import (
     dataset_from_frame,
 )
 from quant_assets.lib.errors import SplitConfigError
+from quant_assets.lib.health import (
+    RUN_TAG_MODE,
+    RUN_TAG_REASONS,
+    PartitionStatus,
+    model_state_tags,
+    partition_status,
+    periods_per_year,
+)
+from quant_assets.lib.live import training_signal_quality
 from quant_assets.lib.model_card import render_model_card
 from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.retrain import ModelState, next_version
 from quant_assets.lib.signals import choose_long_threshold
 from quant_assets.lib.splits import (
     SplitConfig,
@@ -40,6 +59,7 @@ from quant_assets.lib.training import (
     ModelConfig,
     SkippedTraining,
     TrainingResult,
+    continue_training,
     fit_per_symbol_calibrators,
     train_with_cv,
 )
@@ -96,6 +116,13 @@ class ModelTrainingConfig(dg.Config):
     """Equal-width bins of the expected calibration error."""
     min_rows: int = 100
     """Fewer labelled development rows than this skips the partition (recorded, not failed)."""
+    mode: Literal["complete", "incremental", "auto"] = "complete"
+    """complete: from scratch; incremental: continue the champion's LightGBM booster on the rows it
+    has not seen (falls back to complete, saying why, when it cannot); auto: as the retrain rules
+    decide. The run tag quant_assets/retrain_mode of retrain runs overrides this."""
+    incremental_trees: int = 20
+    """Trees an incremental retrain adds to the champion's booster (measured on 1h BTC: +50 trees
+    cost 0.013 hold-out AUC and tripled the ECE, +10 cost 0.003)."""
 
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -109,6 +136,7 @@ class GlobalTrainingConfig(ModelTrainingConfig):
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
     ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
     group_name="training",
@@ -150,6 +178,7 @@ def training_dataset(
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
     group_name="training",
     kinds={"polars"},
@@ -203,12 +232,16 @@ def image_markdown(path: Path, alt: str) -> str:
 
 
 def _training_tags(
-    context: dg.AssetExecutionContext, data_version: str, model_type: str, data_source: str
+    context: dg.AssetExecutionContext,
+    partition: str,
+    data_version: str,
+    model_type: str,
+    data_source: str,
 ) -> dict[str, str]:
     return {
         "data_source": data_source,
         "dagster.run_id": context.run.run_id,
-        "dagster.partition_key": str(context.partition_key),
+        "dagster.partition_key": partition,
         "dagster.asset_key": context.asset_key.to_user_string(),
         "code_version": CODE_VERSION,
         "git_commit": git_commit(Path(__file__).parent),
@@ -238,12 +271,14 @@ def log_training_run(
     frame = dataset.frame
     window = (str(frame["timestamp"].min()), str(frame["timestamp"].max()))
     # the trading rule is fitted like the calibrator: on out-of-fold predictions only
+    # (an incremental retrain has no out-of-fold predictions and keeps its base model's threshold)
     oof_ret = frame["ret"].gather(result.oof["row"]).to_numpy() if "ret" in frame.columns else None
-    threshold = (
-        choose_long_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
-        if oof_ret is not None and dataset.target == "take_profit"
-        else 0.5
-    )
+    if result.oof.is_empty():
+        threshold = float(tags.get("decision_threshold", 0.5))
+    elif oof_ret is not None and dataset.target == "take_profit":
+        threshold = choose_long_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
+    else:
+        threshold = 0.5
     tags = {**tags, "decision_threshold": f"{threshold:.2f}"}
     workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
     with tracker.run(experiment, run_name, tags) as run_id:
@@ -278,18 +313,19 @@ def log_training_run(
                 **result.holdout_metrics,
             },
         )
+        curves = {
+            "out-of-fold, raw": (result.oof["y"].to_numpy(), result.oof["prob_raw"].to_numpy()),
+            "out-of-fold, calibrated": (
+                result.oof["y"].to_numpy(),
+                result.oof["prob_cal"].to_numpy(),
+            ),
+            "hold-out, calibrated": (
+                result.holdout["y"].to_numpy(),
+                result.holdout["prob_cal"].to_numpy(),
+            ),
+        }
         plot = calibration_plot_png(
-            {
-                "out-of-fold, raw": (result.oof["y"].to_numpy(), result.oof["prob_raw"].to_numpy()),
-                "out-of-fold, calibrated": (
-                    result.oof["y"].to_numpy(),
-                    result.oof["prob_cal"].to_numpy(),
-                ),
-                "hold-out, calibrated": (
-                    result.holdout["y"].to_numpy(),
-                    result.holdout["prob_cal"].to_numpy(),
-                ),
-            },
+            {label: pair for label, pair in curves.items() if pair[0].size},
             workdir / "calibration_curve.png",
             n_bins=result.config.n_bins,
             title=f"{registered_name}: reliability",
@@ -347,19 +383,24 @@ def log_training_run(
     return record, plot
 
 
+def _as_output(frame_and_metadata: tuple[pl.DataFrame, dict[str, Any]]) -> dg.Output:
+    frame, metadata = frame_and_metadata
+    return dg.Output(frame, metadata=metadata)
+
+
 def _skipped_output(
     symbol: str, timeframe: str, reason: str, context: dg.AssetExecutionContext
-) -> dg.Output:
-    context.log.warning(f"{context.partition_key}: training skipped: {reason}")
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    context.log.warning(f"{symbol or 'global'}|{timeframe}: training skipped: {reason}")
     record = pl.DataFrame(
         [{"symbol": symbol, "timeframe": timeframe, "status": "skipped", "reason": reason}]
     )
-    return dg.Output(record, metadata={"status": "skipped", "reason": reason})
+    return record, {"status": "skipped", "reason": reason}
 
 
 def _trained_output(
     record: dict[str, Any], plot: Path, tracker: Tracker, fold_metrics: pl.DataFrame
-) -> dg.Output:
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     keys = (
         "oof_roc_auc",
         "oof_brier",
@@ -370,12 +411,17 @@ def _trained_output(
         "holdout_roc_auc",
         "holdout_ece",
     )
-    return dg.Output(
+    return (
         pl.DataFrame([record]),
-        metadata={
+        {
             "status": "trained",
             "registered_model": record["model_name"],
             "version": record["version"],
+            **{
+                k: str(record[k])
+                for k in ("version_label", "mode", "retrain_reasons")
+                if k in record
+            },
             "alias": ALIAS_CHALLENGER,
             "mlflow_run": dg.MetadataValue.url(tracker.run_url(record["run_id"]).split(" ")[0]),
             "mlflow_run_id": record["run_id"],
@@ -388,58 +434,235 @@ def _trained_output(
     )
 
 
+#: a retrain backfill runs this many partitions per run (Dagster run start-up costs seconds each)
+RETRAIN_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
+
+
+def batch_output(
+    context: dg.AssetExecutionContext, outputs: dict[str, tuple[pl.DataFrame, dict[str, Any]]]
+) -> dg.Output:
+    """One partition: its frame with its own metadata. Several (a batched retrain run): a dict
+    of frames for the IO manager, and a table of every partition's metadata."""
+    if len(outputs) == 1 and context.has_partition_key:
+        frame, metadata = next(iter(outputs.values()))
+        return dg.Output(frame, metadata=metadata)
+    shown = ("status", "version", "version_label", "mode", "reason", "decision")
+    rows = [
+        {"partition": key, **{k: str(m[k]) for k in shown if k in m}}
+        for key, (_, m) in outputs.items()
+    ]
+    return dg.Output(
+        {key: frame for key, (frame, _) in outputs.items()},
+        metadata={
+            "partitions": len(outputs),
+            "batch": dg.MetadataValue.md(markdown_table(pl.DataFrame(rows), max_rows=len(rows))),
+        },
+    )
+
+
 @dg.asset(
     partitions_def=symbol_timeframe_partitions,
+    deps=[training_dataset, walk_forward_splits],
     group_name="training",
     kinds={"lightgbm", "scikitlearn", "mlflow"},
     code_version=CODE_VERSION,
     pool="mlflow",
     tags={"quant_assets/kind": "training"},
+    backfill_policy=RETRAIN_BACKFILL_POLICY,
 )
 def challenger_model(
     context: dg.AssetExecutionContext,
     config: ModelTrainingConfig,
     mlflow: MlflowResource,
     market_data: MarketDataResource,
-    training_dataset: pl.DataFrame,
-    walk_forward_splits: pl.DataFrame,
-) -> dg.Output[pl.DataFrame]:
+    artifacts: ArtifactStore,
+    trading_store: TradingStoreResource,
+    retrain_rules: RetrainRulesResource,
+) -> dg.Output:
     """A model trained with purged cross-validation, calibrated on its out-of-fold predictions and
     refit on every development row, logged to MLflow and registered as a new version of
-    `direction.<SYMBOL>.<timeframe>` with the alias `challenger`. The stored record names that version."""
-    symbol, timeframe = symbol_and_timeframe(context)
-    dataset = dataset_from_frame(training_dataset, symbol=symbol)
-    plan = split_plan_from_frame(walk_forward_splits)
-    result = train_with_cv(
-        dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
+    `direction.<SYMBOL>.<timeframe>` with the alias `challenger`. The stored record names that version.
+
+    Complete or incremental: an incremental retrain continues the champion's LightGBM booster on the
+    development rows it has not seen. The run tag `quant_assets/retrain_mode` (set by the retrain
+    sensors) overrides `config.mode`; `auto` lets the retrain rules decide. Versions are labelled
+    v1.0, v1.1 after an incremental retrain, v2.0 after a complete one. A batched retrain run trains
+    each of its partitions in turn."""
+    tracker = mlflow.get_tracker()
+    mode = context.run.tags.get(RUN_TAG_MODE, config.mode)
+    trigger = "scheduled" if RUN_TAG_REASONS in context.run.tags else "manual"
+    outputs = {}
+    for key, symbol, timeframe in step_partitions(context):
+        outputs[key] = _train_partition(
+            context,
+            config,
+            tracker,
+            market_data,
+            artifacts,
+            trading_store,
+            retrain_rules,
+            symbol,
+            timeframe,
+            mode,
+            trigger,
+        )
+    return batch_output(context, outputs)
+
+
+def _train_partition(
+    context: dg.AssetExecutionContext,
+    config: ModelTrainingConfig,
+    tracker: Tracker,
+    market_data: MarketDataResource,
+    artifacts: ArtifactStore,
+    trading_store: TradingStoreResource,
+    retrain_rules: RetrainRulesResource,
+    symbol: str,
+    timeframe: str,
+    requested_mode: str,
+    trigger: str,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    key = f"{symbol}|{timeframe}"
+    frame = artifacts.require_partition("training_dataset", symbol, timeframe)
+    plan_table = artifacts.require_partition("walk_forward_splits", symbol, timeframe)
+    dataset = dataset_from_frame(frame, symbol=symbol)
+    plan = split_plan_from_frame(plan_table)
+    now = datetime.now(UTC)
+    status = partition_status(
+        tracker,
+        trading_store.get_store(),
+        artifacts.read_partition("labels", symbol, timeframe),
+        symbol,
+        timeframe,
+        now,
+        retrain_rules.policy(),
     )
+    # why this partition is retrained: its own rules now (a batch run's tags are shared)
+    reasons = ",".join(dict.fromkeys(r.code for r in status.reasons)) or trigger
+    policy = retrain_rules.policy()
+    mode, why_complete = _resolve_mode(requested_mode, status, config, policy.max_incremental_steps)
+    result = None
+    if mode == "incremental":
+        champion = tracker.load_model(status.model_name, status.version)
+        result = continue_training(
+            dataset,
+            plan,
+            champion.model,
+            champion.calibrator,
+            status.fitted_through,
+            feature_columns=champion.feature_columns,
+            extra_trees=config.incremental_trees,
+            log=context.log.info,
+        )
+        if isinstance(result, SkippedTraining):
+            why_complete = f"incremental retrain impossible ({result.reason}); trained from scratch"
+            mode, result = "complete", None
+    if why_complete:
+        context.log.info(f"{key}: {why_complete}")
+    if result is None:
+        result = train_with_cv(
+            dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
+        )
     if isinstance(result, SkippedTraining):
         return _skipped_output(symbol, timeframe, result.reason, context)
-    tracker = mlflow.get_tracker()
+    label = next_version(
+        ModelState(trained_at=now, version_label=status.newest_label)
+        if status.newest_label
+        else ModelState(),
+        mode,
+    )
+    trained_through = frame["timestamp"].gather(plan.dev_idx).max()
+    data_through = frame["timestamp"].max()
+    quality = _training_quality(result, frame, symbol, timeframe, status, mode)
+    state = ModelState(
+        trained_at=now,
+        last_labelled_at_training=data_through,
+        training_hit_rate=quality["hit_rate"],
+        training_sharpe=quality["sharpe"],
+        incremental_steps=status.state.incremental_steps + 1 if mode == "incremental" else 0,
+        version_label=label,
+    )
     name = registered_model_name(symbol, timeframe)
     record, plot = log_training_run(
         tracker,
         experiment="challenger_model",
-        run_name=f"{symbol}|{timeframe}",
+        run_name=f"{key} {label}",
         registered_name=name,
         dataset=dataset,
-        plan_table=walk_forward_splits,
+        plan_table=plan_table,
         result=result,
         config=config.model_dump(),
-        tags=_training_tags(
-            context,
-            dataset_fingerprint(training_dataset),
-            config.model_type,
-            market_data.describe(),
-        ),
+        tags={
+            **_training_tags(
+                context,
+                key,
+                dataset_fingerprint(frame),
+                config.model_type,
+                market_data.describe(),
+            ),
+            **model_state_tags(state, trained_through, mode, reasons),
+            **(
+                {
+                    "base_version": status.version or "",
+                    "decision_threshold": champion.tags.get("decision_threshold", "0.5"),
+                }
+                if mode == "incremental"
+                else {}
+            ),
+        },
         symbol=symbol,
         timeframe=timeframe,
         data_source=market_data.describe(),
     )
+    record.update(version_label=label, mode=mode, retrain_reasons=reasons)
     context.log.info(
-        f"{name} v{record['version']}: oof auc {record.get('oof_roc_auc', float('nan')):.3f}"
+        f"{name} v{record['version']} ({label}, {mode}): "
+        f"hold-out auc {record.get('holdout_roc_auc', float('nan')):.3f}"
     )
     return _trained_output(record, plot, tracker, result.fold_metrics)
+
+
+def _resolve_mode(
+    requested: str, status: PartitionStatus, config: ModelTrainingConfig, max_steps: int
+) -> tuple[str, str]:
+    """The mode to train in and, when it is complete although incremental was asked for, why."""
+    if requested not in ("complete", "incremental", "auto"):
+        raise ValueError(
+            f"retrain mode {requested!r} (run tag {RUN_TAG_MODE} or config.mode) is not one of "
+            "complete, incremental, auto"
+        )
+    if requested == "complete":
+        return "complete", ""
+    if requested == "auto" and status.mode != "incremental":
+        return "complete", f"retrain rules chose a complete retrain ({status.mode or 'none'})"
+    if status.role != "champion":
+        return "complete", "no champion to continue; trained from scratch"
+    if status.fitted_through is None:
+        return "complete", "the champion does not record the rows it was fitted on"
+    if config.model_type != "lightgbm":
+        return "complete", f"incremental retraining needs lightgbm, config has {config.model_type}"
+    if status.state.incremental_steps >= max_steps:
+        return "complete", f"{status.state.incremental_steps} incremental steps in a row"
+    return "incremental", ""
+
+
+def _training_quality(
+    result: TrainingResult,
+    frame: pl.DataFrame,
+    symbol: str,
+    timeframe: str,
+    status: PartitionStatus,
+    mode: str,
+) -> dict[str, float | None]:
+    """Hit rate and Sharpe of the model's long signals on its out-of-fold predictions, the
+    reference the degradation rule compares live signals with. An incremental retrain has no
+    out-of-fold predictions; it keeps its base model's reference."""
+    if mode == "incremental" or "ret" not in frame.columns or result.oof.is_empty():
+        return {"hit_rate": status.state.training_hit_rate, "sharpe": status.state.training_sharpe}
+    prob = result.oof["prob_cal"].to_numpy()
+    ret = frame["ret"].gather(result.oof["row"]).to_numpy()
+    threshold = choose_long_threshold(prob, ret)
+    return training_signal_quality(prob, ret, threshold, periods_per_year(symbol, timeframe))
 
 
 @dg.asset(
@@ -468,7 +691,9 @@ def global_challenger_model(
         if frame.height
     }
     if not datasets:
-        return _skipped_output("", timeframe, "no symbol has a training dataset", context)
+        return dg.Output(
+            *_skipped_output("", timeframe, "no symbol has a training dataset", context)
+        )
     dataset = build_global_dataset(datasets)
     frame = dataset.frame
     split = config.splits.split_config(frame.height)
@@ -482,12 +707,12 @@ def global_challenger_model(
             **split.scheme_params(),
         )
     except SplitConfigError as exc:
-        return _skipped_output("", timeframe, str(exc), context)
+        return _as_output(_skipped_output("", timeframe, str(exc), context))
     result = train_with_cv(
         dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
     )
     if isinstance(result, SkippedTraining):
-        return _skipped_output("", timeframe, result.reason, context)
+        return _as_output(_skipped_output("", timeframe, result.reason, context))
     method = config.calibration if config.calibration != "none" else "isotonic"
     per_symbol = fit_per_symbol_calibrators(result.oof, method, pooled=result.calibrator)
     tracker = mlflow.get_tracker()
@@ -502,7 +727,11 @@ def global_challenger_model(
         result=result,
         config=config.model_dump(),
         tags=_training_tags(
-            context, dataset_fingerprint(frame), config.model_type, market_data.describe()
+            context,
+            timeframe,
+            dataset_fingerprint(frame),
+            config.model_type,
+            market_data.describe(),
         ),
         symbol="ALL",
         timeframe=timeframe,
@@ -512,4 +741,4 @@ def global_challenger_model(
         },
     )
     record["symbols"] = ", ".join(sorted(datasets))
-    return _trained_output(record, plot, tracker, result.fold_metrics)
+    return _as_output(_trained_output(record, plot, tracker, result.fold_metrics))

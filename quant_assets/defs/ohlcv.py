@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.conditions import BUILDS_NEW_PARTITIONS
 from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
 from quant_assets.defs.resources import ArtifactStore, MarketDataResource
 from quant_assets.lib.calendars import infer_calendar
@@ -15,6 +16,7 @@ from quant_assets.lib.validation import ohlcv_quality
 
 
 @dg.asset(
+    automation_condition=BUILDS_NEW_PARTITIONS,
     partitions_def=symbol_timeframe_partitions,
     group_name="market_data",
     kinds={"polars", "parquet"},

@@ -29,3 +29,13 @@ def symbol_and_timeframe(
         raise TypeError(f"expected a symbol|timeframe partition key, got {key!r}")
     dims = key.keys_by_dimension
     return dims["symbol"], dims["timeframe"]
+
+
+def step_partitions(context: dg.AssetExecutionContext) -> list[tuple[str, str, str]]:
+    """(key, symbol, timeframe) of every partition a step covers: one, or several when a backfill
+    batches partitions into one run (BackfillPolicy.multi_run)."""
+    out = []
+    for key in context.partition_keys:
+        symbol, timeframe = str(key).split("|", 1)
+        out.append((str(key), symbol, timeframe))
+    return out

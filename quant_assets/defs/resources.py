@@ -9,11 +9,18 @@ import dagster as dg
 import polars as pl
 
 from quant_assets.defs.io import ParquetIOManager, partition_path
+from quant_assets.lib.alerts import Alert, WebhookResult, post_webhook
+from quant_assets.lib.retrain import RetrainPolicy
 from quant_assets.lib.settings import Settings
 from quant_assets.lib.sources import MarketDataSource, source_from_spec
 from quant_assets.lib.storage import read_parquet
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class MarketDataResource(dg.ConfigurableResource):
@@ -23,13 +30,16 @@ class MarketDataResource(dg.ConfigurableResource):
     synthetic_seed: int = 7
     synthetic_start: str = "2023-01-01"
     synthetic_random_walk: bool = False
+    synthetic_end: str = ""
+    """Last bar time (ISO, UTC) of the synthetic source; empty = the current hour."""
     postgres_table: str = "trading.historical_data"
 
     def describe(self) -> str:
         """The source with the settings that determine its data (recorded on trained models)."""
         if self.source.strip().lower() == "synthetic":
             walk = ", random walk" if self.synthetic_random_walk else ""
-            return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{walk})"
+            end = f", end={self.synthetic_end}" if self.synthetic_end else ""
+            return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{end}{walk})"
         return self.source
 
     def get_source(self) -> MarketDataSource:
@@ -38,8 +48,9 @@ class MarketDataResource(dg.ConfigurableResource):
         if kind == "synthetic":
             options = {
                 "seed": self.synthetic_seed,
-                "start": datetime.fromisoformat(self.synthetic_start).replace(tzinfo=UTC),
+                "start": _utc(self.synthetic_start),
                 "random_walk": self.synthetic_random_walk,
+                "end": _utc(self.synthetic_end) if self.synthetic_end else None,
             }
         elif kind == "postgres":
             options = {"table": self.postgres_table}
@@ -57,6 +68,15 @@ class ArtifactStore(dg.ConfigurableResource):
     def read_partition(self, asset: str, symbol: str, timeframe: str) -> pl.DataFrame | None:
         path = self.path(asset, symbol, timeframe)
         return read_parquet(path) if path.exists() else None
+
+    def require_partition(self, asset: str, symbol: str, timeframe: str) -> pl.DataFrame:
+        frame = self.read_partition(asset, symbol, timeframe)
+        if frame is None:
+            raise FileNotFoundError(
+                f"{asset} partition {symbol}|{timeframe} has not been materialized "
+                f"(no file at {self.path(asset, symbol, timeframe)})"
+            )
+        return frame
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -78,20 +98,81 @@ class TradingStoreResource(dg.ConfigurableResource):
         return TradingStore(self.url)
 
 
+class AlertResource(dg.ConfigurableResource):
+    """Where alerts go: the `alerts` table of the trading store, and a webhook when one is set
+    (QUANT_ASSETS_ALERT_WEBHOOK_URL), posted with retries and a timeout."""
+
+    url: str
+    webhook_url: str = ""
+    webhook_timeout_seconds: float = 5.0
+    webhook_retries: int = 3
+
+    def get_store(self) -> TradingStore:
+        return TradingStore(self.url)
+
+    def send(self, alert: Alert) -> WebhookResult | None:
+        """Append `alert` to the alerts table and post it to the webhook (None when none is set)."""
+        self.get_store().record_alert(
+            severity=alert.severity,
+            kind=alert.kind,
+            message=f"{alert.subject}: {alert.message}",
+            symbol=alert.symbol,
+            timeframe=alert.timeframe,
+            details=alert.details,
+            raised_at=alert.created_at,
+        )
+        if not self.webhook_url:
+            return None
+        return post_webhook(
+            self.webhook_url,
+            alert,
+            timeout=self.webhook_timeout_seconds,
+            retries=self.webhook_retries,
+        )
+
+
+class RetrainRulesResource(dg.ConfigurableResource):
+    """Thresholds of the retrain rules (lib.retrain.RetrainPolicy), shared by the retrain sensors
+    and by `challenger_model` when it decides between an incremental and a complete retrain."""
+
+    max_model_age_days: float = 30.0
+    min_new_samples: int = 20
+    degradation_tolerance: float = 0.15
+    max_incremental_steps: int = 5
+    timeframes: list[str] = ["1h", "4h", "1d"]
+    """Timeframes whose models the rules watch (every symbol partition at each)."""
+
+    def policy(self) -> RetrainPolicy:
+        return RetrainPolicy(
+            max_model_age_days=self.max_model_age_days,
+            min_new_samples=self.min_new_samples,
+            degradation_tolerance=self.degradation_tolerance,
+            max_incremental_steps=self.max_incremental_steps,
+        )
+
+
 def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     root = str(settings.artifacts_path)
+    trading_url = sql_url_for(settings.trading_db, settings.artifacts_path)
     return {
         "market_data": MarketDataResource(
             source=settings.source,
             synthetic_seed=settings.synthetic_seed,
             synthetic_start=settings.synthetic_start,
             synthetic_random_walk=settings.synthetic_random_walk,
+            synthetic_end=settings.synthetic_end,
             postgres_table=settings.postgres_table,
         ),
         "artifacts": ArtifactStore(root=root),
         "io_manager": ParquetIOManager(root=root),
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_uri),
-        "trading_store": TradingStoreResource(
-            url=sql_url_for(settings.trading_db, settings.artifacts_path)
+        "trading_store": TradingStoreResource(url=trading_url),
+        "alerts": AlertResource(url=trading_url, webhook_url=settings.alert_webhook_url),
+        "retrain_rules": RetrainRulesResource(
+            max_model_age_days=settings.max_model_age_days,
+            min_new_samples=settings.min_new_samples,
+            degradation_tolerance=settings.degradation_tolerance,
+            max_incremental_steps=settings.max_incremental_steps,
+            timeframes=list(settings.timeframes),
         ),
     }

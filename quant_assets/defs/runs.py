@@ -123,18 +123,21 @@ def _blocked_by(run: PlannedRun, failures: Iterable[PlannedRun]) -> PlannedRun |
     return None
 
 
+def innermost_message(error) -> str:
+    """The message of a step failure's innermost cause: user code errors arrive wrapped in
+    Dagster's own (`Error occurred while executing op ...`), and the cause is the real one."""
+    if error is None:
+        return "unknown error"
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def _step_error(result: dg.ExecuteInProcessResult) -> str:
-    messages = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        text = error.message.strip() if error else "unknown error"
-        cause = error.cause if error else None
-        while (
-            cause is not None
-        ):  # user code errors are wrapped: the innermost cause is the real one
-            text = cause.message.strip()
-            cause = cause.cause
-        messages.append(f"step {event.step_key}: {text}")
+    messages = [
+        f"step {event.step_key}: {innermost_message(event.step_failure_data.error)}"
+        for event in result.get_step_failure_events()
+    ]
     return (
         "\n".join(messages) or "run failed without a step failure (see the run in the Dagster UI)"
     )

@@ -6,18 +6,20 @@ import json
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.conditions import FOLLOWS_UPSTREAM, PROMOTES_WHEN_GATES_PASS
 from quant_assets.defs.models import BY_TIMEFRAME
 from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
-from quant_assets.defs.resources import MlflowResource, TradingStoreResource
+from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.defs.runs import RUNS_LAST_TAG
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
 from quant_assets.lib.registry_ops import promote_version
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import make_signals, resolve_long_threshold
+from quant_assets.lib.signals import apply_ensemble, make_signals, resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
 @dg.asset(
+    automation_condition=PROMOTES_WHEN_GATES_PASS,
     partitions_def=symbol_timeframe_partitions,
     group_name="promotion",
     kinds={"mlflow"},
@@ -34,6 +36,11 @@ def champion(
     `prior_champion`, tags the version with the decision and appends it to promotion_log."""
     symbol, timeframe = symbol_and_timeframe(context)
     row = champion_challenger_evaluation.row(0, named=True)
+    if row["decision"] != "promote":
+        raise dg.Failure(
+            f"{context.partition_key}: the latest evaluation decided {row['decision']!r} "
+            f"({row['reason']}); only a challenger that passed every gate can be promoted"
+        )
     result = promote_version(
         mlflow.get_tracker(),
         trading_store.get_store(),
@@ -72,6 +79,7 @@ class SignalsConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
     ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
     group_name="signals",
@@ -84,6 +92,7 @@ def signals(
     config: SignalsConfig,
     mlflow: MlflowResource,
     trading_store: TradingStoreResource,
+    artifacts: ArtifactStore,
     ohlcv: pl.DataFrame,
     features: pl.DataFrame,
     cross_sectional_ranks: pl.DataFrame,
@@ -91,7 +100,9 @@ def signals(
     """The champion's calibrated `prob_up` on the latest bars, with side, strength and ATR-based
     stop-loss and take-profit; every row names the registered model, version and MLflow run.
     Upserted into `agent_preds` and `agent_signals` (no duplicates on re-runs). The champion is
-    read from the registry alias, so a rejected challenger leaves the current champion serving."""
+    read from the registry alias, so a rejected challenger leaves the current champion serving.
+    When the latest `ensemble_signals` passed the promotion gates against this champion, its side
+    and size replace the champion's in `agent_signals` (the predictions stay the champion's)."""
     symbol, timeframe = symbol_and_timeframe(context)
     tracker = mlflow.get_tracker()
     name = registered_model_name(symbol, timeframe)
@@ -140,6 +151,17 @@ def signals(
     )
     store = trading_store.get_store()
     store.write_predictions(frame)
+    ensemble = artifacts.read_partition("ensemble_signals", symbol, timeframe)
+    served_by = f"{name} v{version}"
+    if ensemble is not None and ensemble.height and bool(ensemble["serving"][0]):
+        # the ensemble beat this champion under the promotion gates: it decides side and size
+        frame = apply_ensemble(
+            frame, recent["atr_14"], ensemble, sl_mult=config.sl_mult, tp_mult=config.tp_mult
+        ).with_columns(
+            pl.lit(f"ensemble.{symbol}.{timeframe}").alias("model_name"),
+            pl.lit(str(ensemble["mlflow_run_id"][0])).alias("mlflow_run_id"),
+        )
+        served_by = f"ensemble.{symbol}.{timeframe} (run {ensemble['mlflow_run_id'][0]})"
     store.write_signals(frame)
     latest = frame.tail(1).row(0, named=True) if frame.height else {}
     return dg.Output(
@@ -148,6 +170,7 @@ def signals(
             "dagster/row_count": frame.height,
             "status": "ok",
             "model": f"{name} v{version}",
+            "served_by": served_by,
             "mlflow_run_id": model.run_id,
             "longs": int((frame["side"] == 1).sum()),
             "latest_signal": json.dumps(

@@ -51,6 +51,30 @@ class Settings:
     postgres_table: str = "trading.historical_data"
     #: SQL database of promotion_log, alerts, agent_preds, agent_signals; empty = SQLite under artifacts
     trading_db: str = ""
+    #: last bar time of the synthetic source (ISO, UTC); empty = the current hour
+    synthetic_end: str = ""
+    #: minutes after a bar closes before its timeframe's ohlcv refresh schedule fetches it
+    ohlcv_refresh_delay_minutes: int = 5
+    #: one cron (UTC) for every timeframe's ohlcv refresh instead of each bar's close; empty = per bar
+    ohlcv_refresh_cron: str = ""
+    #: cron (UTC) of the nightly retrain of every partition the retrain rules flag
+    nightly_retrain_cron: str = "0 2 * * *"
+    #: cron (UTC) of the weekly complete retrain of every partition
+    weekly_retrain_cron: str = "0 3 * * 0"
+    #: hours between evaluations of the retrain sensor
+    retrain_sensor_hours: int = 4
+    #: partitions per run of a retrain backfill (BackfillPolicy.multi_run)
+    retrain_batch_size: int = 8
+    #: retrain rule: a model older than this many days is retrained
+    max_model_age_days: float = 30.0
+    #: retrain rule: this many newly labelled bars since training call for a retrain
+    min_new_samples: int = 20
+    #: retrain rule: live hit rate or Sharpe this much worse than at training (relative) is degradation
+    degradation_tolerance: float = 0.15
+    #: incremental retrains in a row before the next one is complete
+    max_incremental_steps: int = 5
+    #: URL that alerts are POSTed to as JSON (retried, with a timeout); empty = table and log only
+    alert_webhook_url: str = ""
     #: where this came from, for logs
     origin: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -89,6 +113,18 @@ _ENV = {
     "synthetic_random_walk": "QUANT_ASSETS_SYNTHETIC_RANDOM_WALK",
     "postgres_table": "QUANT_ASSETS_POSTGRES_TABLE",
     "trading_db": "QUANT_ASSETS_TRADING_DB",
+    "synthetic_end": "QUANT_ASSETS_SYNTHETIC_END",
+    "ohlcv_refresh_delay_minutes": "QUANT_ASSETS_OHLCV_REFRESH_DELAY_MINUTES",
+    "ohlcv_refresh_cron": "QUANT_ASSETS_OHLCV_REFRESH_CRON",
+    "nightly_retrain_cron": "QUANT_ASSETS_NIGHTLY_RETRAIN_CRON",
+    "weekly_retrain_cron": "QUANT_ASSETS_WEEKLY_RETRAIN_CRON",
+    "retrain_sensor_hours": "QUANT_ASSETS_RETRAIN_SENSOR_HOURS",
+    "retrain_batch_size": "QUANT_ASSETS_RETRAIN_BATCH_SIZE",
+    "max_model_age_days": "QUANT_ASSETS_MAX_MODEL_AGE_DAYS",
+    "min_new_samples": "QUANT_ASSETS_MIN_NEW_SAMPLES",
+    "degradation_tolerance": "QUANT_ASSETS_DEGRADATION_TOLERANCE",
+    "max_incremental_steps": "QUANT_ASSETS_MAX_INCREMENTAL_STEPS",
+    "alert_webhook_url": "QUANT_ASSETS_ALERT_WEBHOOK_URL",
 }
 ENV_VARS: dict[str, str] = dict(_ENV)
 
@@ -104,6 +140,8 @@ def _coerce(name: str, value: object, where: str) -> object:
             return tuple(check_timeframe(i) for i in items)
         if kind == "int":
             return int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            return float(value)  # type: ignore[arg-type]
         if kind == "bool":
             if isinstance(value, bool):
                 return value

@@ -168,3 +168,38 @@ def choose_long_threshold(
         if mean > 0 and score > best_score:
             best, best_score = float(threshold), float(score)
     return best
+
+
+def apply_ensemble(
+    signals: pl.DataFrame,
+    atr: pl.Series,
+    ensemble: pl.DataFrame,
+    *,
+    sl_mult: float,
+    tp_mult: float,
+) -> pl.DataFrame:
+    """`signals` (make_signals' frame, with `atr` per row) whose side and strength come from the
+    ensemble (timestamp, side, size) on the bars it covers; stop-loss and take-profit are
+    recomputed for that side (mirrored for a short), prob_up stays the direction model's. Bars the
+    ensemble does not cover keep the direction model's signal."""
+    joined = signals.with_columns(pl.Series("_atr", atr)).join(
+        ensemble.select("timestamp", pl.col("side").alias("_side"), pl.col("size").alias("_size")),
+        on="timestamp",
+        how="left",
+    )
+    side = pl.coalesce("_side", "side")
+    signed = side.cast(pl.Float64)
+    trading = side != 0
+    return joined.with_columns(
+        side.cast(pl.Int8).alias("side"),
+        pl.when(pl.col("_side").is_not_null())
+        .then(pl.col("_size").clip(0.0, 1.0))
+        .otherwise(pl.col("strength"))
+        .alias("strength"),
+        pl.when(trading)
+        .then(pl.col("entry_price") - signed * sl_mult * pl.col("_atr"))
+        .alias("stop_loss"),
+        pl.when(trading)
+        .then(pl.col("entry_price") + signed * tp_mult * pl.col("_atr"))
+        .alias("take_profit"),
+    ).drop("_atr", "_side", "_size")

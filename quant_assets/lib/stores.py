@@ -216,7 +216,12 @@ class TradingStore:
         self.engine = sa.create_engine(parsed, poolclass=pool, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            # another process created the tables between the existence check and CREATE TABLE
+            # (parallel steps opening a new store); the second pass finds them all
+            metadata.create_all(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()

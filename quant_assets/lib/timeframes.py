@@ -58,3 +58,21 @@ def periods_per_year(
 ) -> float:
     """Bars per year: 365 days of 24h for 24/7 markets, 252 sessions of `hours_per_day` for equities."""
     return trading_days * bars_per_day(timeframe, hours_per_day)
+
+
+def refresh_cron(timeframe: str, delay_minutes: int = 5) -> str:
+    """Cron (UTC) of the times a `timeframe` bar has just closed, `delay_minutes` later (for the
+    source to publish it): "5 * * * *" for 1h, "5 */4 * * *" for 4h, "5 0 * * *" for 1d. Sub-hour
+    timeframes keep the delay below one bar ("1-59/5 * * * *" for 5m)."""
+    minutes = timeframe_seconds(timeframe) // 60
+    if delay_minutes < 0:
+        raise ValueError(f"refresh delay must be >= 0 minutes, got {delay_minutes}")
+    if minutes < 60:
+        offset = min(delay_minutes, minutes - 1)
+        return "* * * * *" if minutes == 1 else f"{offset}-59/{minutes} * * * *"
+    hours = minutes // 60
+    if delay_minutes >= 60:
+        raise ValueError(f"refresh delay must be < 60 minutes, got {delay_minutes}")
+    if hours < 24:
+        return f"{delay_minutes} * * * *" if hours == 1 else f"{delay_minutes} */{hours} * * *"
+    return f"{delay_minutes} 0 * * *"

@@ -297,6 +297,14 @@ class Tracker:
         )
         return json.loads(Path(local).read_text())
 
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, str(version)).tags)
+
+    def latest_version(self, name: str) -> str | None:
+        """The newest registered version of `name`, or None when it has none (or does not exist)."""
+        versions = self.client.search_model_versions(f"name = '{name}'")
+        return max((str(v.version) for v in versions), key=int, default=None)
+
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, str(version), key, str(value))

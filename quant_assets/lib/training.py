@@ -1,17 +1,19 @@
 """Cross-validated training of a binary classifier on a TrainingDataset: out-of-fold predictions and
 per-fold metrics, a calibrator fitted on out-of-fold predictions only, the final model refit on every
-development row, and its scores on the untouched hold-out."""
+development row, and its scores on the untouched hold-out; and incremental LightGBM training that
+adds trees to a champion on the development rows labelled since it was trained."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from lightgbm import LGBMClassifier
+from lightgbm import Booster, LGBMClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -22,6 +24,7 @@ from quant_assets.lib.calibration import CalibrationMethod, Calibrator, fit_cali
 from quant_assets.lib.datasets import TrainingDataset
 from quant_assets.lib.errors import DataValidationError, QuantAssetsError, SplitConfigError
 from quant_assets.lib.metrics import classification_metrics
+from quant_assets.lib.retrain import RetrainMode
 from quant_assets.lib.splits import SplitPlan
 
 ModelType = Literal["lightgbm", "logistic", "gradient_boosting", "random_forest"]
@@ -74,6 +77,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 METRIC_NAMES: tuple[str, ...] = ("roc_auc", "brier", "log_loss", "accuracy", "ece")
+_FOLD_METRICS_SCHEMA = {"fold": pl.Int64, "n_train": pl.Int64, "n_test": pl.Int64} | dict.fromkeys(
+    METRIC_NAMES, pl.Float64
+)
 # OpenMP/BLAS threads per fit, like n_jobs=1 above: partitions train in parallel processes, and on
 # a busy 2-core machine OpenMP's waiting threads made a HistGradientBoosting fit of 150 trees on 13k
 # rows take 7.6 s instead of 0.55 s single-threaded.
@@ -122,13 +128,28 @@ class SkippedTraining:
     n_holdout: int
 
 
+@dataclass(frozen=True)
+class Increment:
+    """What `continue_training` added to its base model: the rows it fitted (development rows newer
+    than the base's trained_through), the trees before and after, and the newest timestamp fitted
+    (the next increment's trained_through)."""
+
+    n_new_rows: int
+    base_trees: int
+    new_trees: int
+    total_trees: int
+    min_child_samples: int
+    trained_through: datetime
+
+
 @dataclass(frozen=True, eq=False)
 class TrainingResult:
     """Everything a training run produced.
 
     oof: one row per development row that a fold tested (row = position in the dataset frame,
     timestamp, [symbol,] fold, y, prob_raw, prob_cal). holdout: the hold-out rows scored by the final
-    model and calibrator, never used to fit anything. timings: seconds per phase.
+    model and calibrator, never used to fit anything. timings: seconds per phase. increment: set by
+    `continue_training` (whose oof and fold_metrics are empty), None for a complete training.
     """
 
     model: Any
@@ -144,6 +165,11 @@ class TrainingResult:
     n_dev: int
     n_holdout: int
     timings: dict[str, float]
+    increment: Increment | None = None
+
+    @property
+    def mode(self) -> RetrainMode:
+        return "complete" if self.increment is None else "incremental"
 
 
 def make_model(config: ModelConfig) -> Any:
@@ -168,18 +194,21 @@ def make_model(config: ModelConfig) -> Any:
         ) from exc
 
 
-def _fit(model: Any, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Any:
+def _fit(
+    model: Any, X: np.ndarray, y: np.ndarray, weight: np.ndarray, init_model: Any = None
+) -> Any:
     """Fit `model` with sample weights scaled to mean 1, so regularisation strength (C, reg_lambda,
     min_child_weight) means the same whatever the average label uniqueness of the data is.
 
-    Every fit of a training run goes through here, so continuing a LightGBM model from an earlier one
-    (LGBMClassifier.fit(init_model=...)) needs a change in this one place.
+    Every fit goes through here. init_model (LightGBM only): a Booster whose trees the fit starts
+    from and keeps, adding the model's n_estimators trees after them.
     """
     scaled = weight / weight.mean()
+    continued = {} if init_model is None else {"init_model": init_model}
     with threadpool_limits(limits=_THREADS):
         if isinstance(model, Pipeline):
             return model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": scaled})
-        return model.fit(X, y, sample_weight=scaled)
+        return model.fit(X, y, sample_weight=scaled, **continued)
 
 
 def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
@@ -257,6 +286,19 @@ def _cross_fitted_calibration(
     return out
 
 
+def _checked_weights(frame: pl.DataFrame, where: str) -> np.ndarray:
+    weight = frame.get_column("sample_weight").to_numpy()
+    bad = ~(np.isfinite(weight) & (weight > 0))
+    if bad.any():
+        raise DataValidationError(
+            where,
+            "sample_weight must be finite and positive",
+            row=int(bad.argmax()),
+            detail=f"value {weight[bad.argmax()]}",
+        )
+    return weight
+
+
 def _check_plan(plan: SplitPlan, n_rows: int) -> None:
     indices = [plan.dev_idx, plan.holdout_idx, *(f.train_idx for f in plan.folds)]
     indices += [f.test_idx for f in plan.folds]
@@ -279,6 +321,31 @@ def _row_frame(frame: pl.DataFrame, rows: np.ndarray, **columns: Any) -> pl.Data
         .hstack(frame.select(keys)[rows])
         .with_columns(**columns)
     )
+
+
+def _scored_holdout(
+    model: Any,
+    calibrator: Calibrator | None,
+    frame: pl.DataFrame,
+    X: np.ndarray,
+    y: np.ndarray,
+    hold: np.ndarray,
+    n_bins: int,
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """The hold-out frame (row, timestamp, [symbol,] y, prob_raw, prob_cal) and its metrics ({}
+    without hold-out rows)."""
+    n_hold = hold.size
+    p_hold = _positive_proba(model, X[hold]) if n_hold else np.empty(0)
+    p_hold_cal = p_hold if calibrator is None or not n_hold else calibrator.predict(p_hold)
+    metrics = _prefixed_metrics("holdout", y[hold], p_hold, p_hold_cal, n_bins) if n_hold else {}
+    scored = _row_frame(
+        frame,
+        hold,
+        y=pl.Series(y[hold], dtype=pl.Int8),
+        prob_raw=pl.Series(p_hold, dtype=pl.Float64),
+        prob_cal=pl.Series(p_hold_cal, dtype=pl.Float64),
+    )
+    return scored, metrics
 
 
 def train_with_cv(
@@ -321,15 +388,7 @@ def train_with_cv(
     for f in plan.folds:
         if np.unique(y[f.train_idx]).size < 2:
             return skipped(f"fold {f.fold} trains on a single class ({f.train_idx.size} rows)")
-    weight = frame.get_column("sample_weight").to_numpy()
-    bad = ~(np.isfinite(weight) & (weight > 0))
-    if bad.any():
-        raise DataValidationError(
-            "train_with_cv(dataset)",
-            "sample_weight must be finite and positive",
-            row=int(bad.argmax()),
-            detail=f"value {weight[bad.argmax()]}",
-        )
+    weight = _checked_weights(frame, "train_with_cv(dataset)")
     X = _feature_matrix(frame, dataset.feature_columns, "train_with_cv(dataset)")
 
     oof_prob = np.full(frame.height, np.nan)
@@ -366,11 +425,7 @@ def train_with_cv(
     final = _fit(make_model(config), X[dev], y[dev], weight[dev])
     final_done = time.perf_counter()
 
-    p_hold = _positive_proba(final, X[hold]) if n_hold else np.empty(0)
-    p_hold_cal = p_hold if calibrator is None or not n_hold else calibrator.predict(p_hold)
-    holdout_metrics = (
-        _prefixed_metrics("holdout", y[hold], p_hold, p_hold_cal, config.n_bins) if n_hold else {}
-    )
+    holdout, holdout_metrics = _scored_holdout(final, calibrator, frame, X, y, hold, config.n_bins)
     say(
         f"oof auc {overall['oof_roc_auc']:.4f}, ece {overall['oof_ece']:.4f} raw / "
         f"{overall['oof_ece_calibrated']:.4f} calibrated over {oof_rows.size} rows"
@@ -389,19 +444,9 @@ def train_with_cv(
             prob_raw=pl.Series(p_oof, dtype=pl.Float64),
             prob_cal=pl.Series(p_oof_cal, dtype=pl.Float64),
         ),
-        fold_metrics=pl.DataFrame(
-            fold_rows,
-            schema={"fold": pl.Int64, "n_train": pl.Int64, "n_test": pl.Int64}
-            | dict.fromkeys(METRIC_NAMES, pl.Float64),
-        ),
+        fold_metrics=pl.DataFrame(fold_rows, schema=_FOLD_METRICS_SCHEMA),
         overall_metrics=overall,
-        holdout=_row_frame(
-            frame,
-            hold,
-            y=pl.Series(y[hold], dtype=pl.Int8),
-            prob_raw=pl.Series(p_hold, dtype=pl.Float64),
-            prob_cal=pl.Series(p_hold_cal, dtype=pl.Float64),
-        ),
+        holdout=holdout,
         holdout_metrics=holdout_metrics,
         feature_importances=feature_importances(final, config, list(dataset.feature_columns)),
         config=config,
@@ -413,6 +458,210 @@ def train_with_cv(
             "final_fit_seconds": final_done - calibrated,
             "total_seconds": finished - started,
         },
+    )
+
+
+def incremental_min_child_samples(base: int, n_new: int) -> int:
+    """min_child_samples of an increment on `n_new` rows: max(5, min(base, n_new // 4)).
+
+    The base value (50 by default) is sized for tens of thousands of rows; on a few hundred new rows
+    it would forbid most splits, so it shrinks to a quarter of the new rows (a leaf keeps at least
+    a quarter of them), never below 5 rows nor above the base.
+    """
+    return max(5, min(base, n_new // 4))
+
+
+# LGBMClassifier parameters by their LightGBM name, as a Booster loaded from a model file (the
+# registry's) states them; a booster still attached to its classifier uses the scikit-learn names.
+_NATIVE_PARAMS = {
+    "boosting": "boosting_type",
+    "learning_rate": "learning_rate",
+    "num_leaves": "num_leaves",
+    "max_depth": "max_depth",
+    "min_data_in_leaf": "min_child_samples",
+    "min_sum_hessian_in_leaf": "min_child_weight",
+    "min_gain_to_split": "min_split_gain",
+    "bagging_fraction": "subsample",
+    "bagging_freq": "subsample_freq",
+    "feature_fraction": "colsample_bytree",
+    "lambda_l1": "reg_alpha",
+    "lambda_l2": "reg_lambda",
+    "bin_construct_sample_cnt": "subsample_for_bin",
+    "num_threads": "n_jobs",
+    "deterministic": "deterministic",
+    "force_row_wise": "force_row_wise",
+    "verbosity": "verbose",
+    "seed": "random_state",
+}
+
+
+def _base_booster(base_model: Any) -> tuple[Booster, dict[str, Any], list[str]]:
+    """The booster of a fitted binary LightGBM base model (LGBMClassifier or Booster), its
+    LGBMClassifier parameters (random_state included) and its feature names."""
+    if isinstance(base_model, LGBMClassifier) and base_model.__sklearn_is_fitted__():
+        classes = list(base_model.classes_)
+        if classes != [0, 1]:
+            raise ModelConfigError(f"the base model must be a 0/1 classifier, not of {classes}")
+        return base_model.booster_, base_model.get_params(), list(base_model.feature_name_)
+    if isinstance(base_model, Booster):
+        native = base_model.params
+        if native.get("objective") != "binary":
+            raise ModelConfigError(
+                f"the base booster's objective is {native.get('objective')!r}, not 'binary'"
+            )
+        params = {
+            sk: native.get(name, native.get(sk))
+            for name, sk in _NATIVE_PARAMS.items()
+            if name in native or sk in native
+        }
+        return base_model, DEFAULT_PARAMS["lightgbm"] | params, base_model.feature_name()
+    raise ModelConfigError(
+        "continue_training needs a fitted LightGBM base_model (LGBMClassifier or Booster), got "
+        f"{'an unfitted ' if isinstance(base_model, LGBMClassifier) else ''}"
+        f"{type(base_model).__name__}"
+    )
+
+
+def _base_feature_columns(
+    model_names: list[str], feature_columns: Sequence[str] | None, dataset_columns: list[str]
+) -> list[str]:
+    """The base model's feature columns, checked against the dataset's (any order)."""
+    names = list(model_names if feature_columns is None else feature_columns)
+    if len(names) != len(model_names):
+        raise ModelConfigError(
+            f"the base model was fitted on {len(model_names)} features, but feature_columns "
+            f"names {len(names)}"
+        )
+    missing = [c for c in names if c not in dataset_columns]
+    extra = [c for c in dataset_columns if c not in names]
+    if missing or extra:
+        hint = ""
+        if feature_columns is None:
+            hint = (
+                "; a model fitted on a numpy array knows its features only as Column_0, ...: pass "
+                "feature_columns= (TrainingResult.feature_columns, LoadedModel.feature_columns)"
+            )
+        raise ModelConfigError(
+            "the dataset's feature columns differ from the base model's: missing from the dataset "
+            f"{missing}, not in the base model {extra}{hint}"
+        )
+    return names
+
+
+def continue_training(
+    dataset: TrainingDataset,
+    plan: SplitPlan,
+    base_model: LGBMClassifier | Booster,
+    base_calibrator: Calibrator | None,
+    trained_through: datetime,
+    *,
+    feature_columns: Sequence[str] | None = None,
+    extra_trees: int = 50,
+    min_new_rows: int = 10,
+    log: Callable[[str], None] | None = None,
+) -> TrainingResult | SkippedTraining:
+    """Add `extra_trees` LightGBM trees to `base_model`, fitted on the development rows of `plan`
+    whose timestamp is after `trained_through` (the newest timestamp the base model was fitted on).
+    base_model: a fitted binary LGBMClassifier, or the Booster a registry load returns (its
+    parameters read back from LightGBM's names); the result's model is an LGBMClassifier either way.
+
+    Leak-free by construction: those rows were in the base model's hold-out, never fitted, and the
+    new hold-out (`plan.holdout_idx`, the latest rows) is only scored. The new trees start from the
+    base model's scores (LGBMClassifier.fit(init_model=base booster)) and use its parameters, except
+    n_estimators = extra_trees and min_child_samples from `incremental_min_child_samples`.
+    feature_columns: the base model's features in its fitting order (e.g. the champion's
+    TrainingResult.feature_columns); None reads the model's own feature names. They must be the
+    dataset's feature columns in any order; the model is fed them in the base model's order.
+
+    No cross-validation: oof and fold_metrics are empty (with their usual columns), overall_metrics
+    is {}. The calibrator is `base_calibrator` unchanged: an increment is small next to the history
+    the calibrator was fitted on, a calibrator fitted on it would follow noise, and the hold-out ECE
+    (holdout_metrics, scored as in `train_with_cv`) shows when calibration has drifted.
+
+    Returns SkippedTraining when fewer than `min_new_rows` new rows, or a single class among them.
+    LightGBM stops adding trees when no split meets min_child_samples (a tiny increment), so
+    result.increment.new_trees may be below extra_trees.
+    """
+    started = time.perf_counter()
+    say = log or (lambda _message: None)
+    base_booster, params, model_names = _base_booster(base_model)
+    if isinstance(extra_trees, bool) or not isinstance(extra_trees, int) or extra_trees < 1:
+        raise ModelConfigError(f"extra_trees must be a positive integer, got {extra_trees!r}")
+    if trained_through.tzinfo is None or trained_through.utcoffset() is None:
+        raise ModelConfigError(f"trained_through must be timezone-aware, got {trained_through!r}")
+    frame = dataset.frame
+    _check_plan(plan, frame.height)
+    names = _base_feature_columns(model_names, feature_columns, list(dataset.feature_columns))
+    dev, hold = plan.dev_idx, plan.holdout_idx
+    n_dev, n_hold = int(dev.size), int(hold.size)
+
+    epoch_us = frame.get_column("timestamp").dt.epoch("us").to_numpy()
+    cutoff_us = (trained_through - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    new = dev[epoch_us[dev] > cutoff_us]
+    y = frame.get_column("y").to_numpy()
+    newer = f"development rows newer than {trained_through.isoformat()}"
+    reason = None
+    if new.size < min_new_rows:
+        reason = f"{new.size} {newer}, fewer than min_new_rows={min_new_rows}"
+    elif np.unique(y[new]).size < 2:
+        reason = f"all {new.size} {newer} have y={int(y[new[0]])}"
+    if reason is not None:
+        say(f"skipped: {reason}")
+        return SkippedTraining(reason, n_dev, n_hold)
+    weight = _checked_weights(frame, "continue_training(dataset)")
+    X = _feature_matrix(frame, names, "continue_training(dataset)")
+
+    seed = params.pop("random_state")
+    min_child = incremental_min_child_samples(params["min_child_samples"], new.size)
+    config = ModelConfig(
+        model_type="lightgbm",
+        seed=seed,
+        params=params | {"n_estimators": extra_trees, "min_child_samples": min_child},
+        calibration="none" if base_calibrator is None else base_calibrator.method,
+    )
+    model = _fit(make_model(config), X[new], y[new], weight[new], init_model=base_booster)
+    fitted = time.perf_counter()
+
+    base_trees, total_trees = base_booster.num_trees(), model.booster_.num_trees()
+    increment = Increment(
+        n_new_rows=int(new.size),
+        base_trees=base_trees,
+        new_trees=total_trees - base_trees,
+        total_trees=total_trees,
+        min_child_samples=min_child,
+        trained_through=frame.get_column("timestamp").gather(new).max(),
+    )
+    holdout, holdout_metrics = _scored_holdout(
+        model, base_calibrator, frame, X, y, hold, config.n_bins
+    )
+    say(
+        f"incremental: {increment.new_trees} trees on {base_trees} fitted on {new.size} rows after "
+        f"{trained_through.isoformat()} (min_child_samples {min_child})"
+        + (f"; hold-out auc {holdout_metrics['holdout_roc_auc']:.4f}" if n_hold else "")
+    )
+    no_rows = np.empty(0, dtype=np.int64)
+    return TrainingResult(
+        model=model,
+        calibrator=base_calibrator,
+        feature_columns=names,
+        oof=_row_frame(
+            frame,
+            no_rows,
+            fold=pl.Series(no_rows),
+            y=pl.Series(no_rows, dtype=pl.Int8),
+            prob_raw=pl.Series(no_rows, dtype=pl.Float64),
+            prob_cal=pl.Series(no_rows, dtype=pl.Float64),
+        ),
+        fold_metrics=pl.DataFrame(schema=_FOLD_METRICS_SCHEMA),
+        overall_metrics={},
+        holdout=holdout,
+        holdout_metrics=holdout_metrics,
+        feature_importances=feature_importances(model, config, names),
+        config=config,
+        n_dev=n_dev,
+        n_holdout=n_hold,
+        timings={"fit_seconds": fitted - started, "total_seconds": time.perf_counter() - started},
+        increment=increment,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -296,3 +297,39 @@ def test_naive_datetimes_and_bad_fractions_are_rejected() -> None:
         LiveState(now=T0, labelled_timestamps=[T0, naive])
     with pytest.raises(ValueError, match="live_hit_rate must be a fraction"):
         LiveState(now=T0, live_hit_rate=1.5)
+
+
+def test_a_million_timestamps_count_by_sorted_search() -> None:
+    """1M labelled bars (shuffled, with repeats) in each accepted form count the same distinct
+    bars after the cutoff: 1M - 900,000 of the hourly bars start after CUTOFF."""
+    rng = np.random.default_rng(0)
+    first = CUTOFF - timedelta(hours=899_999)
+    hours = rng.permutation(np.r_[np.arange(1_000_000), rng.integers(0, 1_000_000, 5_000)])
+    stamps = np.datetime64(first.replace(tzinfo=None), "us") + hours.astype("timedelta64[h]")
+    series = pl.Series(stamps).dt.replace_time_zone("UTC")
+    model = _model(last_labelled_at_training=CUTOFF)
+    for given in (stamps, series, series.dt.convert_time_zone("Asia/Tokyo")):
+        live = LiveState(now=T0, labelled_timestamps=given)
+        assert live.labelled_timestamps.size == 1_000_000
+        assert live.count_after(CUTOFF) == 100_000
+        assert live.count_after(CUTOFF + timedelta(minutes=30)) == 100_000
+        assert live.count_after(CUTOFF + timedelta(hours=1)) == 100_000 - 1
+        assert live.count_after(CUTOFF.astimezone(timezone(timedelta(hours=-5)))) == 100_000
+        (reason,) = retrain_reasons(model, live, POLICY)
+        assert reason.key == "new_samples:2026-01-01T00:00:00+00:00:100000"
+    # the same instants as aware datetimes (a slice: the Python objects are the slow path)
+    few = [first + timedelta(hours=int(h)) for h in hours[:2000]]
+    expected = int((hours[:2000] >= 900_000).sum())
+    assert LiveState(now=T0, labelled_timestamps=few).count_after(CUTOFF) == expected
+
+
+def test_timestamp_arrays_without_a_zone_or_with_gaps_are_rejected() -> None:
+    naive = pl.Series([datetime(2026, 1, 1)])
+    with pytest.raises(ValueError, match="must be a time-zone aware Datetime Series"):
+        LiveState(now=T0, labelled_timestamps=naive)
+    with pytest.raises(ValueError, match=r"labelled_timestamps\[1\] is null"):
+        LiveState(now=T0, labelled_timestamps=pl.Series([T0, None]))
+    with pytest.raises(ValueError, match=r"labelled_timestamps\[0\] is NaT"):
+        LiveState(now=T0, labelled_timestamps=np.array(["NaT"], dtype="datetime64[us]"))
+    with pytest.raises(ValueError, match=r"labelled_timestamps\[0\] must be a datetime"):
+        LiveState(now=T0, labelled_timestamps=["2026-01-01"])
