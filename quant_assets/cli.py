@@ -350,7 +350,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_rows(settings: Settings) -> list[dict[str, object]]:
-    """Per partition: challenger metrics, gate results, champion version and latest signal."""
+    """Per partition: challenger metrics, gate results, champion version, the meta layer (regimes
+    with a meta-learner, whether the ensemble is served and how much of it fell back to voting)
+    and the latest signal."""
     import json
 
     import polars as pl
@@ -381,6 +383,17 @@ def status_rows(settings: Settings) -> list[dict[str, object]]:
             row["gates"] = " ".join(f"{g}:{'ok' if v['passed'] else 'X'}" for g, v in gates.items())
             row["sortino"] = ev.get("challenger_sortino")
             row["trades"] = ev.get("challenger_trade_count")
+        learners = root / "meta_learner" / symbol / f"{timeframe}.parquet"
+        if learners.exists():
+            meta = pl.read_parquet(learners)
+            trained = meta.filter(pl.col("status") == "trained")["regime"].to_list()
+            row["meta_learners"] = f"{len(trained)}/{meta.height} ({','.join(trained) or '-'})"
+        ensemble = root / "ensemble_signals" / symbol / f"{timeframe}.parquet"
+        if ensemble.exists():
+            ens = pl.read_parquet(ensemble)
+            voting = float((ens["source"] == "voting").mean() or 0.0)
+            serving = "serving" if ens["serving"][0] else "not serving"
+            row["ensemble"] = f"{serving}, {voting:.0%} voting"
         mine = latest.filter((pl.col("symbol") == symbol) & (pl.col("timeframe") == timeframe))
         if mine.height:
             last = mine.sort("timestamp").tail(1).row(0, named=True)
@@ -405,6 +418,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "gates",
         "decision",
         "champion",
+        "meta_learners",
+        "ensemble",
         "latest_signal",
     ]
     print(text_table(rows, columns) if rows else "no trained partitions yet: run quant-assets demo")
@@ -441,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--select", default="*", help="asset selection (default: every asset)")
     demo.add_argument(
         "-v", "--verbose", action="store_true", help="show Dagster's step logs (INFO)"
+    )
+    demo.add_argument(
+        "--config", metavar="FILE", help="YAML/JSON of asset Config (as for `materialize`)"
     )
     demo.set_defaults(func=cmd_demo)
 

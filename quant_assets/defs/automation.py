@@ -41,11 +41,9 @@ from quant_assets.lib.health import (
     PartitionStatus,
     partition_status,
 )
-from quant_assets.lib.retrain import RetrainPolicy, RetrainReason, unseen_reasons
+from quant_assets.lib.retrain import RetrainReason, unseen_reasons
 from quant_assets.lib.settings import Settings
-from quant_assets.lib.stores import TradingStore
 from quant_assets.lib.timeframes import refresh_cron
-from quant_assets.lib.tracking import Tracker
 
 Clock = Callable[[], datetime]
 
@@ -77,17 +75,17 @@ def wall_clock() -> datetime:
 
 
 def statuses(
-    instance: dg.DagsterInstance,
-    timeframes: tuple[str, ...],
-    tracker: Tracker,
-    store: TradingStore,
+    context: dg.SensorEvaluationContext,
+    mlflow: MlflowResource,
+    alerts: AlertResource,
     artifacts: ArtifactStore,
+    retrain_rules: RetrainRulesResource,
     now: datetime,
-    policy: RetrainPolicy,
 ) -> Iterator[PartitionStatus]:
-    """The retrain status of every symbol|timeframe partition."""
-    for symbol in sorted(instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME)):
-        for timeframe in timeframes:
+    """The retrain status of every symbol|timeframe partition the rules watch."""
+    tracker, store, policy = mlflow.get_tracker(), alerts.get_store(), retrain_rules.policy()
+    for symbol in sorted(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME)):
+        for timeframe in retrain_rules.timeframes:
             labels = artifacts.read_partition("labels", symbol, timeframe)
             yield partition_status(tracker, store, labels, symbol, timeframe, now, policy)
 
@@ -133,17 +131,8 @@ def build_retrain_sensor(settings: Settings, clock: Clock = wall_clock) -> dg.Se
     ) -> dg.SensorResult:
         now = clock()
         seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
-        tracker, store = mlflow.get_tracker(), alerts.get_store()
         requests, newly_seen, waiting = [], [], []
-        for status in statuses(
-            context.instance,
-            tuple(retrain_rules.timeframes),
-            tracker,
-            store,
-            artifacts,
-            now,
-            retrain_rules.policy(),
-        ):
+        for status in statuses(context, mlflow, alerts, artifacts, retrain_rules, now):
             symbol, timeframe = status.symbol, status.timeframe
             keyed = [
                 RetrainReason(r.code, r.detail, f"{status.key}::{r.key}") for r in status.reasons
@@ -227,18 +216,9 @@ def build_cron_retrain_sensor(
             )
         if tick <= datetime.fromisoformat(context.cursor):
             return dg.SkipReason(f"next retrain after the tick following {context.cursor}")
-        tracker, store = mlflow.get_tracker(), alerts.get_store()
         chosen: list[tuple[str, str, str]] = []
         all_reasons: list[RetrainReason] = []
-        for status in statuses(
-            context.instance,
-            tuple(retrain_rules.timeframes),
-            tracker,
-            store,
-            artifacts,
-            now,
-            retrain_rules.policy(),
-        ):
+        for status in statuses(context, mlflow, alerts, artifacts, retrain_rules, now):
             if complete or status.reasons:
                 all_reasons += status.reasons
                 why = "; ".join(r.detail for r in status.reasons) or "no rule fired"

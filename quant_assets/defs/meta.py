@@ -209,6 +209,19 @@ def _log_meta_model(
     return version.version
 
 
+def _log_variant_metrics(tracker: Tracker, run_id: str, summary: pl.DataFrame) -> None:
+    """Every finite metric of every backtested variant, as `<variant>_<metric>`."""
+    for row in summary.iter_rows(named=True):
+        tracker.log_metrics(
+            run_id,
+            {
+                f"{row['variant']}_{k}": float(v)
+                for k, v in row.items()
+                if k != "variant" and v is not None and np.isfinite(float(v))
+            },
+        )
+
+
 @dg.asset(
     automation_condition=RETRAINS_NIGHTLY,
     partitions_def=symbol_timeframe_partitions,
@@ -375,15 +388,7 @@ def meta_filter(
         "meta_filter", f"{symbol}|{timeframe}", _tags(context, primary=config.primary)
     ) as run_id:
         tracker.log_params(run_id, {f"filter.{k}": v for k, v in config.model_dump().items()})
-        for row in comparison.summary.iter_rows(named=True):
-            tracker.log_metrics(
-                run_id,
-                {
-                    f"{row['variant']}_{k}": float(v)
-                    for k, v in row.items()
-                    if k != "variant" and v is not None and np.isfinite(float(v))
-                },
-            )
+        _log_variant_metrics(tracker, run_id, comparison.summary)
         tracker.log_frame(run_id, comparison.summary, "filter_comparison.csv")
         tracker.log_file(run_id, png)
         version = _log_meta_model(
@@ -587,15 +592,7 @@ def ensemble_signals(
         _tags(context, mode=config.mode, serving=str(decision.promote).lower()),
     ) as run_id:
         tracker.log_params(run_id, {f"ensemble.{k}": v for k, v in config.model_dump().items()})
-        for row in comparison.summary.iter_rows(named=True):
-            tracker.log_metrics(
-                run_id,
-                {
-                    f"{row['variant']}_{k}": float(v)
-                    for k, v in row.items()
-                    if k != "variant" and v is not None and np.isfinite(float(v))
-                },
-            )
+        _log_variant_metrics(tracker, run_id, comparison.summary)
         tracker.log_frame(run_id, comparison.summary, "ensemble_comparison.csv")
         tracker.log_frame(run_id, pl.DataFrame(decision.as_rows()), "gates.csv")
         tracker.log_dict(run_id, {"fallbacks": reasons}, "fallbacks.json")

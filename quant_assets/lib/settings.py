@@ -63,8 +63,6 @@ class Settings:
     weekly_retrain_cron: str = "0 3 * * 0"
     #: hours between evaluations of the retrain sensor
     retrain_sensor_hours: int = 4
-    #: partitions per run of a retrain backfill (BackfillPolicy.multi_run)
-    retrain_batch_size: int = 8
     #: retrain rule: a model older than this many days is retrained
     max_model_age_days: float = 30.0
     #: retrain rule: this many newly labelled bars since training call for a retrain
@@ -119,7 +117,6 @@ _ENV = {
     "nightly_retrain_cron": "QUANT_ASSETS_NIGHTLY_RETRAIN_CRON",
     "weekly_retrain_cron": "QUANT_ASSETS_WEEKLY_RETRAIN_CRON",
     "retrain_sensor_hours": "QUANT_ASSETS_RETRAIN_SENSOR_HOURS",
-    "retrain_batch_size": "QUANT_ASSETS_RETRAIN_BATCH_SIZE",
     "max_model_age_days": "QUANT_ASSETS_MAX_MODEL_AGE_DAYS",
     "min_new_samples": "QUANT_ASSETS_MIN_NEW_SAMPLES",
     "degradation_tolerance": "QUANT_ASSETS_DEGRADATION_TOLERANCE",

@@ -18,18 +18,14 @@ from quant_assets.lib.settings import load_settings
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.automation_harness import DATA_SENSOR, MODEL_SENSOR, Harness
-from quant_assets_tests.defs.conftest import register
+from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
 
 pytestmark = pytest.mark.slow
 
-FAST = {"challenger_model": {"params": {"n_estimators": 40}}}
+# gates every challenger passes, also against a champion
 LENIENT = {
     "champion_challenger_evaluation": {
-        "min_sortino": -1e9,
-        "min_profit_factor": 0.0,
-        "max_drawdown": 1.0,
-        "max_ece": 1.0,
-        "min_trades": 0,
+        **LENIENT_GATES["champion_challenger_evaluation"],
         "champion_drawdown_tolerance": 1.0,
         "require_beat_champion": False,
     }
@@ -251,23 +247,19 @@ def test_nightly_retrain_is_one_backfill_of_flagged_partitions(instance, auto_se
     assert policy.max_partitions_per_run == 8
 
 
-def test_batched_retrain_run_evaluates_each_partition_and_promotes_only_passed_ones(
-    instance, auto_settings
-) -> None:
-    harness = Harness(auto_settings, instance, MONDAY, asset_config={**FAST, **LENIENT})
-    _bootstrap(harness, ["BTCUSDT", "ETHUSDT"])
+def _batched_retrain(harness: Harness, gates: dict) -> dg.ExecuteInProcessResult:
+    """One run over BTCUSDT|4h..ETHUSDT|4h, as a retrain backfill batches them."""
     defs = harness.defs
-    result = dg.materialize(
+    return dg.materialize(
         assets=[*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.assets("challenger_model", "champion_challenger_evaluation"),
-        instance=instance,
+        instance=harness.instance,
         resources=defs.resources,
         run_config={
             "ops": {
                 "challenger_model": {"config": FAST["challenger_model"]},
-                # gates no model can pass: both rejected, neither fails the batch run
                 "champion_challenger_evaluation": {
-                    "config": STRICT["champion_challenger_evaluation"]
+                    "config": gates["champion_challenger_evaluation"]
                 },
             }
         },
@@ -278,6 +270,15 @@ def test_batched_retrain_run_evaluates_each_partition_and_promotes_only_passed_o
         },
         raise_on_error=False,
     )
+
+
+def test_batched_retrain_run_evaluates_each_partition_and_promotes_only_passed_ones(
+    instance, auto_settings
+) -> None:
+    harness = Harness(auto_settings, instance, MONDAY, asset_config={**FAST, **LENIENT})
+    _bootstrap(harness, ["BTCUSDT", "ETHUSDT"])
+    # gates no model can pass: both rejected, neither fails the batch run
+    result = _batched_retrain(harness, STRICT)
     assert result.success
     checks = {e.partition: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"BTCUSDT|4h", "ETHUSDT|4h"}
@@ -292,31 +293,14 @@ def test_batched_retrain_run_evaluates_each_partition_and_promotes_only_passed_o
     harness.automate(MODEL_SENSOR)
     assert not [r for r in harness.launched if "champion" in r["assets"]]
 
-    # same batch with lenient gates: both pass and the model sensor promotes each partition
+    # the same batch with lenient gates: the model sensor promotes exactly the passed partitions
     harness.now += timedelta(hours=1)
-    result = dg.materialize(
-        assets=[*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets("challenger_model", "champion_challenger_evaluation"),
-        instance=instance,
-        resources=defs.resources,
-        run_config={
-            "ops": {
-                "challenger_model": {"config": FAST["challenger_model"]},
-                "champion_challenger_evaluation": {
-                    "config": LENIENT["champion_challenger_evaluation"]
-                },
-            }
-        },
-        tags={
-            "dagster/asset_partition_range_start": "BTCUSDT|4h",
-            "dagster/asset_partition_range_end": "ETHUSDT|4h",
-            RUN_TAG_MODE: "complete",
-        },
-    )
+    result = _batched_retrain(harness, LENIENT)
+    assert result.success
     passed = {e.partition for e in result.get_asset_check_evaluations() if e.passed}
     assert passed, "lenient gates: at least one partition passes"
     requested = harness.automate(MODEL_SENSOR)
-    assert requested["champion"] == passed  # exactly the partitions whose gate passed
+    assert requested["champion"] == passed
     store = TradingStore(sql_url_for("", auto_settings.artifacts_path))
     history = store.promotion_history().sort("id")
     assert history["action"].to_list()[:2] == ["reject", "reject"]

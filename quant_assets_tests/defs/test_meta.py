@@ -14,20 +14,9 @@ from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet, write_parquet_atomic
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
-from quant_assets_tests.defs.conftest import register
+from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
 
 pytestmark = pytest.mark.slow
-
-FAST = {"challenger_model": {"params": {"n_estimators": 40}}}
-LENIENT = {
-    "champion_challenger_evaluation": {
-        "min_sortino": -1e9,
-        "min_profit_factor": 0.0,
-        "max_drawdown": 1.0,
-        "max_ece": 1.0,
-        "min_trades": 0,
-    }
-}
 
 
 @pytest.fixture
@@ -45,7 +34,7 @@ def _run(instance, settings, selection, config=None, timeframes=("4h", "1d")):
         defs,
         plan_runs(defs, selection, ["BTCUSDT"], list(timeframes)),
         instance,
-        asset_config={**FAST, **LENIENT, **(config or {})},
+        asset_config={**FAST, **LENIENT_GATES, **(config or {})},
     )
     assert all(o.status == "success" for o in outcomes), [
         (o.planned.label, o.error) for o in outcomes

@@ -14,20 +14,9 @@ from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
-from quant_assets_tests.defs.conftest import register
+from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
 
 pytestmark = pytest.mark.slow
-
-FAST = {"challenger_model": {"params": {"n_estimators": 40}}}
-LENIENT_GATES = {
-    "champion_challenger_evaluation": {
-        "min_sortino": -1e9,
-        "min_profit_factor": 0.0,
-        "max_drawdown": 1.0,
-        "max_ece": 1.0,
-        "min_trades": 0,
-    }
-}
 
 
 def _run(instance, selection: str, symbols, timeframes, config) -> list:

@@ -128,3 +128,15 @@ def test_materialize_config_file_reaches_the_asset(user_dir: Path, capsys) -> No
     (user_dir / "bad.yaml").write_text("- just a list\n")
     code, _, err = _run(capsys, "materialize", "--select", "labels", "--config", "bad.yaml")
     assert code == 2 and "bad.yaml" in err
+
+
+def test_demo_command_runs_with_its_documented_options(user_dir: Path, capsys, monkeypatch) -> None:
+    """`make demo` runs `quant-assets demo`: every option it documents must parse and run."""
+    monkeypatch.setenv("QUANT_ASSETS_UNIVERSE", "BTCUSDT")
+    monkeypatch.setenv("QUANT_ASSETS_TIMEFRAMES", "1d")
+    config = user_dir / "demo.yaml"
+    config.write_text("ohlcv: {}\n")
+    code, out, err = _run(capsys, "demo", "--select", "ohlcv", "--config", str(config))
+    assert code == 0, err
+    assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1d]" in out
+    assert (user_dir / "artifacts" / "ohlcv" / "BTCUSDT" / "1d.parquet").exists()
