@@ -31,6 +31,8 @@ dev: install
 bench: install
 	$(VENV)/bin/python benchmarks/bench_features_labels.py
 	$(VENV)/bin/python benchmarks/bench_backtest.py
+	$(VENV)/bin/python benchmarks/bench_meta.py
+	$(VENV)/bin/python benchmarks/bench_retrain.py
 
 lint: install
 	$(VENV)/bin/ruff check quant_assets quant_assets_tests benchmarks

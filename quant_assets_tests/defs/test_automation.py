@@ -448,6 +448,21 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
         ("weekly_complete_retrain", "2026-06-07T03:01:00+00:00", "BTCUSDT|1d"),
         ("weekly_complete_retrain", "2026-06-07T03:01:00+00:00", "BTCUSDT|4h"),
     ]
+    # the model-health view explains each partition at the end of the week
+    harness.execute(harness.defs, [dg.AssetKey("model_health")], None, {}, "test")
+    health = {
+        row["partition"]: row
+        for row in pl.read_parquet(auto_settings.artifacts_path / "model_health.parquet").iter_rows(
+            named=True
+        )
+    }
+    assert set(health) == {"BTCUSDT|4h", "BTCUSDT|1d"}
+    four = health["BTCUSDT|4h"]
+    assert (four["role"], four["version"], four["label"]) == ("champion", "2", "v1.1")
+    assert four["last_promotion"].startswith("reject v3 ")
+    assert four["hit_rate_train"] is not None and four["age_days"] is not None
+    daily = health["BTCUSDT|1d"]
+    assert (daily["role"], daily["version"], daily["label"]) == ("challenger", "2", "v2.0")
     promotions = [r for r in harness.launched if r["assets"] == ["champion"]]
     assert [(r["at"].isoformat(), r["partition"]) for r in promotions] == [
         ("2026-06-01T00:05:00+00:00", "BTCUSDT|4h"),

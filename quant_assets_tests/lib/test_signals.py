@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_assets.lib.signals import make_signals
+from quant_assets.lib.signals import apply_ensemble, make_signals
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 TS = pl.Series("ts", [T0 + timedelta(hours=i) for i in range(5)], dtype=pl.Datetime("us", "UTC"))
@@ -140,3 +140,31 @@ def test_choose_long_threshold_picks_the_profitable_region_on_oof_rows() -> None
     assert choose_long_threshold(prob, -np.abs(ret), fallback=0.77) == 0.77
     # too few rows above every threshold: the fallback
     assert choose_long_threshold(prob[:10], ret[:10], min_trades=30, fallback=0.6) == 0.6
+
+
+def test_apply_ensemble_replaces_side_and_size_and_mirrors_levels_for_shorts() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ts = pl.Series([t0 + timedelta(hours=i) for i in range(4)])
+    champion = make_signals(
+        ts,
+        pl.Series([100.0, 101.0, 102.0, 103.0]),
+        pl.Series([2.0, 2.0, 2.0, 2.0]),
+        pl.Series([0.9, 0.1, 0.9, 0.9]),
+        threshold_long=0.5,
+        sl_mult=1.0,
+        tp_mult=1.75,
+    )
+    ensemble = pl.DataFrame(
+        {
+            "timestamp": ts[:3],
+            "side": pl.Series([0, -1, 1], dtype=pl.Int8),
+            "size": [0.0, 0.4, 1.0],
+        }
+    )
+    out = apply_ensemble(champion, pl.Series([2.0] * 4), ensemble, sl_mult=1.0, tp_mult=1.75)
+    assert out["side"].to_list() == [0, -1, 1, 1]  # the last bar is not covered: champion's
+    assert out["strength"].to_list()[:3] == [0.0, 0.4, 1.0]
+    assert out["strength"][3] == champion["strength"][3]
+    assert out["stop_loss"].to_list() == [None, 103.0, 100.0, 101.0]  # a short's stop is above
+    assert out["take_profit"].to_list() == [None, 97.5, 105.5, 106.5]
+    assert out["prob_up"].to_list() == champion["prob_up"].to_list()
