@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import polars as pl
+from bench_features_labels import best_of  # run as a script: benchmarks/ is on sys.path
 
 from quant_assets.lib.calendars import calendar_for_symbol
 from quant_assets.lib.features import compute_features, multi_timeframe_snapshot
@@ -48,16 +49,6 @@ def market_frames(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     }
     snapshot = multi_timeframe_snapshot(base.select("timestamp"), TIMEFRAME, higher)
     return bars, base.join(snapshot, on="timestamp", how="left", maintain_order="left")
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Fastest wall time of `repeat` calls, and the last result."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def _quantile(ordered: list[float], q: float, min_history: int) -> float | None:

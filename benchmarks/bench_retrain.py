@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+
+from bench_features_labels import best_of  # run as a script: benchmarks/ is on sys.path
 
 from quant_assets.lib.datasets import TrainingDataset, build_training_dataset
 from quant_assets.lib.features import compute_features, multi_timeframe_snapshot
@@ -67,16 +67,6 @@ def split_plan(dataset: TrainingDataset) -> SplitPlan:
     )
 
 
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Fastest wall time of `repeat` calls, and the last result."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
 def trained(result: Any, what: str) -> TrainingResult:
     if not isinstance(result, TrainingResult):
         raise SystemExit(f"{what} was skipped: {result.reason}")
@@ -90,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=730, help="days of bars of the champion")
     parser.add_argument("--new-days", type=float, default=7, help="days of bars added after it")
     parser.add_argument(
-        "--extra-trees", type=int, default=20, help="trees the incremental retrain adds"
+        "--extra-trees", type=int, default=5, help="trees the incremental retrain adds"
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per step (best is kept)")
     parser.add_argument("--seed", type=int, default=7)
