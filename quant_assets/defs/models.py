@@ -35,12 +35,12 @@ from quant_assets.lib.datasets import (
 )
 from quant_assets.lib.errors import SplitConfigError
 from quant_assets.lib.health import (
+    PER_SIGNAL,
     RUN_TAG_MODE,
     RUN_TAG_REASONS,
     PartitionStatus,
     model_state_tags,
     partition_status,
-    periods_per_year,
 )
 from quant_assets.lib.live import training_signal_quality
 from quant_assets.lib.model_card import render_model_card
@@ -574,7 +574,7 @@ def _train_partition(
     )
     trained_through = frame["timestamp"].gather(plan.dev_idx).max()
     data_through = frame["timestamp"].max()
-    quality = _training_quality(result, frame, symbol, timeframe, status, mode)
+    quality = _training_quality(result, frame, status, mode)
     state = ModelState(
         trained_at=now,
         last_labelled_at_training=data_through,
@@ -650,8 +650,6 @@ def _resolve_mode(
 def _training_quality(
     result: TrainingResult,
     frame: pl.DataFrame,
-    symbol: str,
-    timeframe: str,
     status: PartitionStatus,
     mode: str,
 ) -> dict[str, float | None]:
@@ -663,7 +661,7 @@ def _training_quality(
     prob = result.oof["prob_cal"].to_numpy()
     ret = frame["ret"].gather(result.oof["row"]).to_numpy()
     threshold = choose_long_threshold(prob, ret)
-    return training_signal_quality(prob, ret, threshold, periods_per_year(symbol, timeframe))
+    return training_signal_quality(prob, ret, threshold, PER_SIGNAL)
 
 
 @dg.asset(

@@ -11,9 +11,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from quant_assets.lib.calendars import calendar_for_symbol
 from quant_assets.lib.live import live_signal_quality
-from quant_assets.lib.performance import annualization
 from quant_assets.lib.retrain import (
     LiveState,
     ModelState,
@@ -35,6 +33,10 @@ TAG_TRAINING_SHARPE = "training_sharpe"
 TAG_INCREMENTAL_STEPS = "incremental_steps"
 TAG_RETRAIN_MODE = "retrain_mode"
 TAG_RETRAIN_REASONS = "retrain_reasons"
+#: signal quality's Sharpe is per signalled bar (mean / std of side x label return), the same at
+#: training and live; not annualized, since the label returns of consecutive bars overlap and a
+#: bars-per-year scaling would inflate it (a 1h model showed "23")
+PER_SIGNAL = 1.0
 #: run tags of retrain runs: the mode to train in ("complete", "incremental", "auto") and why
 RUN_TAG_MODE = "quant_assets/retrain_mode"
 RUN_TAG_REASONS = "quant_assets/retrain_reasons"
@@ -194,7 +196,7 @@ def partition_status(
             sides = predictions.select(
                 "timestamp", (pl.col("prob_up") >= threshold).cast(pl.Int8).alias("side")
             )
-            quality = live_signal_quality(sides, realized, now, periods_per_year(symbol, timeframe))
+            quality = live_signal_quality(sides, realized, now, PER_SIGNAL)
     enough = quality["n_trades"] >= min_live_trades
     live = LiveState(
         now=now,
@@ -231,13 +233,6 @@ def partition_status(
         newest_label,
         fitted_through(tags, f"{name} v{version}"),
     )
-
-
-def periods_per_year(symbol: str, timeframe: str) -> float:
-    """Bars per year of `symbol` at `timeframe` (its calendar: 24/7 crypto or exchange sessions),
-    the annualization of training and live Sharpe alike."""
-    kind = "24/7" if not calendar_for_symbol(symbol).has_session else "session"
-    return annualization(timeframe, kind)
 
 
 def _float(text: str | None) -> float | None:
