@@ -11,6 +11,7 @@ import dagster as dg
 # The latest tick of a cron string at a given time; Dagster has no public API for it.
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionStatus
 from dagster._utils.schedules import cron_string_iterator
 
 from quant_assets.defs.evaluation import champion_challenger_evaluation
@@ -90,6 +91,29 @@ def statuses(
             yield partition_status(tracker, store, labels, symbol, timeframe, now, policy)
 
 
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def retrains_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Partition keys that a queued or running retrain (a run or a backfill of the retrain sensors)
+    already covers: requesting them again would train twice on the same data."""
+    busy = {
+        run.tags["dagster/partition"]
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
+        if TAG_TRIGGER in run.tags and "dagster/partition" in run.tags
+    }
+    for backfill in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+        if TAG_TRIGGER in backfill.tags and backfill.asset_backfill_data is not None:
+            target = backfill.asset_backfill_data.target_subset
+            busy |= {str(k.partition_key) for k in target.iterate_asset_partitions()}
+    return busy
+
+
 def _retrain_tags(trigger: str, mode: str, reasons: list[RetrainReason]) -> dict[str, str]:
     detail = "; ".join(r.detail for r in reasons)
     return {
@@ -132,8 +156,11 @@ def build_retrain_sensor(settings: Settings, clock: Clock = wall_clock) -> dg.Se
         now = clock()
         seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
         requests, newly_seen, waiting = [], [], []
+        busy = retrains_in_flight(context.instance)
         for status in statuses(context, mlflow, alerts, artifacts, retrain_rules, now):
             symbol, timeframe = status.symbol, status.timeframe
+            if status.key in busy:
+                continue  # its queued or running retrain decides; the rules run again after it
             keyed = [
                 RetrainReason(r.code, r.detail, f"{status.key}::{r.key}") for r in status.reasons
             ]
@@ -218,8 +245,11 @@ def build_cron_retrain_sensor(
             return dg.SkipReason(f"next retrain after the tick following {context.cursor}")
         chosen: list[tuple[str, str, str]] = []
         all_reasons: list[RetrainReason] = []
+        busy = retrains_in_flight(context.instance)
         for status in statuses(context, mlflow, alerts, artifacts, retrain_rules, now):
-            if complete or status.reasons:
+            if status.key in busy:
+                context.log.info(f"{status.key}: a retrain is already queued or running")
+            elif complete or status.reasons:
                 all_reasons += status.reasons
                 why = "; ".join(r.detail for r in status.reasons) or "no rule fired"
                 chosen.append((status.symbol, status.timeframe, why))

@@ -23,6 +23,7 @@ from quant_assets.defs.partitions import step_partitions, symbol_timeframe_parti
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.backtest import run_backtest
 from quant_assets.lib.calendars import infer_calendar
+from quant_assets.lib.health import RUN_TAG_MODE
 from quant_assets.lib.metrics import classification_metrics
 from quant_assets.lib.performance import annualization, performance_metrics
 from quant_assets.lib.plots import backtest_report_png, equity_curve_png
@@ -168,9 +169,9 @@ def champion_challenger_evaluation(
     gate decision. Rejections are logged here (promotion_log); promotions by `champion`.
 
     In a batched retrain run every partition is evaluated in turn and gets its own `promotion_gates`
-    result; a rejection there is recorded at WARN severity so that it does not fail the run of the
-    partitions batched with it, and `champion`'s automation condition promotes only partitions
-    whose gate passed."""
+    result. In runs launched by the retrain sensors a rejection is recorded at WARN severity, so it
+    does not fail the run (nor its batch-mates); `champion`'s automation condition promotes only
+    partitions whose gate passed."""
     parts = step_partitions(context)
     results = {
         key: _evaluate_partition(context, config, mlflow, trading_store, artifacts, symbol, tf)
@@ -178,10 +179,24 @@ def champion_challenger_evaluation(
     }
     outputs = {key: (frame, metadata) for key, (frame, metadata, _, _) in results.items()}
     yield batch_output(context, outputs)
+    # A rejection is a decision. In a run the retrain sensors launched (with batch-mates, and
+    # without `champion`, which the model automation promotes only where the gate passed) it is
+    # recorded at WARN, so the run does not fail for it; a manual run with `champion` in it keeps
+    # ERROR, which blocks that step.
+    automated = RUN_TAG_MODE in context.run.tags
+
+    def severity(passed: bool) -> dg.AssetCheckSeverity:
+        return (
+            dg.AssetCheckSeverity.WARN if automated and not passed else dg.AssetCheckSeverity.ERROR
+        )
+
     if len(results) == 1 and context.has_partition_key:
         _, _, passed, check_metadata = next(iter(results.values()))
         yield dg.AssetCheckResult(
-            check_name="promotion_gates", passed=passed, metadata=check_metadata
+            check_name="promotion_gates",
+            passed=passed,
+            metadata=check_metadata,
+            severity=severity(passed),
         )
         return
     # An AssetCheckResult in a step over several partitions would be recorded for no partition;
@@ -193,7 +208,7 @@ def champion_challenger_evaluation(
             check_name="promotion_gates",
             passed=passed,
             metadata=check_metadata,
-            severity=dg.AssetCheckSeverity.ERROR if passed else dg.AssetCheckSeverity.WARN,
+            severity=severity(passed),
             blocking=True,
             partition=key,
             target_materialization_data=_latest_materialization(context, key),

@@ -221,6 +221,15 @@ def test_nightly_retrain_is_one_backfill_of_flagged_partitions(instance, auto_se
     harness.now = MONDAY + timedelta(hours=1, minutes=59)
     assert harness.tick_sensor("nightly_retrain") == []  # 02:00 has not come yet
     harness.now = MONDAY + timedelta(hours=2, minutes=1)
+    # a retrain of SPY|1d is still running (e.g. from the retrain sensor): not requested again
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id="running-retrain",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "SPY|1d", "quant_assets/retrain_trigger": "retrain_sensor"},
+        )
+    )
     with dg.build_sensor_context(
         instance=instance,
         cursor=harness.cursors["nightly_retrain"],
@@ -238,7 +247,7 @@ def test_nightly_retrain_is_one_backfill_of_flagged_partitions(instance, auto_se
     } == {
         (asset, partition)
         for asset in ("challenger_model", "champion_challenger_evaluation")
-        for partition in ("BTCUSDT|4h", "SPY|4h", "BTCUSDT|1d", "SPY|1d")
+        for partition in ("BTCUSDT|4h", "SPY|4h", "BTCUSDT|1d")
     }
     assert requests[0].tags["quant_assets/retrain_trigger"] == "nightly_retrain"
     assert requests[0].tags[RUN_TAG_MODE] == "auto"
