@@ -92,7 +92,7 @@ def plan_runs(
     # alias), without a data dependency that a failed promotion gate would skip them through
     last = [k for k in stage_of if graph.get(k).tags.get(RUNS_LAST_TAG) == "true"]
     if last:
-        final = max(stage for key, stage in stage_of.items() if key not in last) + 1
+        final = max((stage for key, stage in stage_of.items() if key not in last), default=-1) + 1
         stage_of.update({key: max(stage_of[key], final) for key in last})
     groups: dict[tuple[int, str], list[dg.AssetKey]] = {}
     for key, stage in stage_of.items():

@@ -96,6 +96,22 @@ def test_meta_layer_end_to_end_with_fallbacks(instance, meta_project) -> None:
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert {"ensemble_comparison.csv", "ensemble_equity_curves.png", "gates.csv"} <= artifacts
 
+    # an ensemble that passed its gates is what `signals` serves (side and size), not the champion
+    assert tracker.aliases("direction.BTCUSDT.4h").get("champion")
+    serving = ensemble.with_columns(pl.lit(True).alias("serving"))
+    write_parquet_atomic(
+        serving, settings.artifacts_path / "ensemble_signals" / "BTCUSDT" / "4h.parquet"
+    )
+    _run(instance, settings, "signals", timeframes=("4h",))
+    served = TradingStore(sql_url_for("", settings.artifacts_path)).read_signals("BTCUSDT", "4h")
+    latest = served.join(serving.select("timestamp", "side", "size"), on="timestamp", suffix="_ens")
+    assert latest.height > 0 and set(latest["model_name"]) == {"ensemble.BTCUSDT.4h"}
+    assert latest["side"].to_list() == latest["side_ens"].cast(pl.Int64).to_list()
+    assert (latest["strength"] - latest["size"].clip(0.0, 1.0)).abs().max() < 1e-12
+    assert _latest_materialization(instance, "signals")["served_by"].value.startswith(
+        "ensemble.BTCUSDT.4h"
+    )
+
     # 1. no model for a regime: regimes below min_samples_per_regime are skipped -> voting
     store = TradingStore(sql_url_for("", settings.artifacts_path))
     before = store.alerts().height

@@ -51,3 +51,11 @@ def test_failed_partition_blocks_only_what_reads_it() -> None:
 def test_unknown_selection_is_an_error(defs: dg.Definitions) -> None:
     with pytest.raises(Exception, match="nope"):
         plan_runs(defs, "key:nope", ["BTCUSDT"], ["1h"])
+
+
+def test_a_selection_of_only_runs_last_assets_plans_them(defs: dg.Definitions) -> None:
+    """`materialize --select signals` alone: no other stage to run after."""
+    plan = plan_runs(defs, "signals", ["BTCUSDT"], ["4h"])
+    assert [(p.stage, p.asset_keys, p.partition_key) for p in plan] == [
+        (0, (dg.AssetKey("signals"),), "BTCUSDT|4h")
+    ]
