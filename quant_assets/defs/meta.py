@@ -15,6 +15,7 @@ from quant_assets.defs.conditions import FOLLOWS_UPSTREAM, RETRAINS_NIGHTLY
 from quant_assets.defs.models import BY_TIMEFRAME, image_markdown
 from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
 from quant_assets.defs.resources import AlertResource, MlflowResource
+from quant_assets.defs.runs import RUNS_LAST_TAG
 from quant_assets.lib.alerts import Alert
 from quant_assets.lib.calendars import calendar_for_symbol
 from quant_assets.lib.meta import (
@@ -497,6 +498,8 @@ def _champion_sides(
     group_name=GROUP,
     kinds={"mlflow", "polars"},
     code_version="1",
+    # after this invocation's promotions, so the comparison is with the champion in service
+    tags={RUNS_LAST_TAG: "true"},
 )
 def ensemble_signals(
     context: dg.AssetExecutionContext,
