@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -249,8 +250,11 @@ class Tracker:
             registered_model_name=registered_name,
             await_registration_for=0,
         )
-        # registration notices are printed straight to stderr; the asset's metadata says it better
-        with contextlib.redirect_stderr(io.StringIO()):
+        # registration notices are printed straight to stderr; the asset's metadata says it better.
+        # MLflow checks the input example by predicting it as a named pandas frame; scikit-learn
+        # models are fitted on arrays and would warn about the names on every registration.
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X has feature names")
             if model_type == "lightgbm":
                 info = mlflow.lightgbm.log_model(model.booster_, **common)
             else:
