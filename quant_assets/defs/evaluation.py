@@ -22,7 +22,7 @@ from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.partitions import step_partitions, symbol_timeframe_partitions
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.backtest import run_backtest
-from quant_assets.lib.calendars import infer_calendar
+from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.health import RUN_TAG_MODE
 from quant_assets.lib.metrics import classification_metrics
 from quant_assets.lib.performance import annualization, performance_metrics
@@ -62,7 +62,7 @@ class EvaluationConfig(dg.Config):
     min_trades: int = 20
     champion_drawdown_tolerance: float = 0.01
     require_beat_champion: bool = True
-    """A challenger must beat the champion's Sortino or total return on the same hold-out."""
+    """A challenger must beat the champion's total return or Sharpe on the same hold-out."""
     threshold_long: float | None = None
     """Calibrated take-profit probability from which a bar gets a long signal; default: each model's
     own threshold, chosen on its out-of-fold predictions at training (tag `decision_threshold`),
@@ -260,8 +260,7 @@ def _evaluate_partition(
     plan = split_plan_from_frame(walk_forward_splits)
     holdout = training_dataset[plan.holdout_idx]
     atr = features.select("timestamp", "atr_14")
-    kind = "24/7" if infer_calendar(ohlcv, timeframe).name == "crypto_24_7" else "session"
-    ppy = annualization(timeframe, kind)
+    ppy = annualization(timeframe, annualization_kind(ohlcv, timeframe))
     n_trials = max(tracker.version_count(name), 1)
 
     def score(version: str):

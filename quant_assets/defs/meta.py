@@ -17,7 +17,7 @@ from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_
 from quant_assets.defs.resources import AlertResource, MlflowResource
 from quant_assets.defs.runs import RUNS_LAST_TAG
 from quant_assets.lib.alerts import Alert
-from quant_assets.lib.calendars import calendar_for_symbol
+from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.meta import (
     BacktestSettings,
     EnsembleConfig,
@@ -45,10 +45,6 @@ from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, Tracker, git_commit, registered_model_name
 
 GROUP = "meta"
-
-
-def _calendar_kind(symbol: str) -> Literal["24/7", "session"]:
-    return "session" if calendar_for_symbol(symbol).has_session else "24/7"
 
 
 def _tags(context: dg.AssetExecutionContext, **extra: str) -> dict[str, str]:
@@ -166,16 +162,6 @@ def primary_signals(ohlcv: pl.DataFrame, features: pl.DataFrame) -> dg.Output[pl
     )
 
 
-def _meta_input(
-    ohlcv: pl.DataFrame,
-    features: pl.DataFrame,
-    primary_signals: pl.DataFrame,
-    regime: pl.DataFrame,
-    labels: pl.DataFrame,
-) -> pl.DataFrame:
-    return meta_frame(ohlcv, features, primary_signals, regime, labels)
-
-
 class MetaLearnerConfig(dg.Config):
     """Per-regime meta-learners (lib.meta.MetaConfig)."""
 
@@ -247,7 +233,7 @@ def meta_learner(
     of rows held out. One MLflow run per regime (skipped regimes too, with the reason), each
     trained model registered as `meta.<SYMBOL>.<timeframe>.<regime>`."""
     symbol, timeframe = symbol_and_timeframe(context)
-    frame = _meta_input(ohlcv, features, primary_signals, regime, labels)
+    frame = meta_frame(ohlcv, features, primary_signals, regime, labels)
     meta_config = MetaConfig(
         model_type=config.model_type,
         lookback_bars=config.lookback_bars,
@@ -361,12 +347,12 @@ def meta_filter(
     hold-out, the primary with and without the filter side by side (precision, trades, profit
     factor, drawdown), logged to MLflow with both equity curves."""
     symbol, timeframe = symbol_and_timeframe(context)
-    frame = _meta_input(ohlcv, features, primary_signals, regime, labels)
+    frame = meta_frame(ohlcv, features, primary_signals, regime, labels)
     filter_config = MetaFilterConfig(
         threshold=config.threshold,
         model_type=config.model_type,
         min_events=config.min_events,
-        backtest=BacktestSettings(calendar_kind=_calendar_kind(symbol)),
+        backtest=BacktestSettings(calendar_kind=annualization_kind(ohlcv, timeframe)),
     )
     result = train_meta_filter(frame, config.primary, filter_config, timeframe=timeframe)
     if result.model is None:
@@ -522,7 +508,7 @@ def ensemble_signals(
     promotion gates against the champion direction model on that hold-out."""
     symbol, timeframe = symbol_and_timeframe(context)
     tracker = mlflow.get_tracker()
-    frame = _meta_input(ohlcv, features, primary_signals, regime, labels)
+    frame = meta_frame(ohlcv, features, primary_signals, regime, labels)
     models, load_failures = _load_meta_models(tracker, meta_learner)
     ensemble_config = EnsembleConfig(
         mode=config.mode, max_ece=config.max_ece, min_confidence=config.min_confidence
@@ -569,7 +555,7 @@ def ensemble_signals(
     )
     if champion_sides is not None:
         variants["champion"] = champion_sides
-    settings = BacktestSettings(calendar_kind=_calendar_kind(symbol))
+    settings = BacktestSettings(calendar_kind=annualization_kind(ohlcv, timeframe))
     comparison = compare_ensembles(hold, ohlcv, variants, timeframe, settings)
     metrics = {row["variant"]: row for row in comparison.summary.iter_rows(named=True)}
     gates = GateConfig(

@@ -194,14 +194,7 @@ def walk_forward_splits(
     frame = training_dataset
     split = config.split_config(frame.height)
     try:
-        plan = make_splits(
-            split.scheme,
-            frame.height,
-            frame["t0"],
-            frame["t1"],
-            holdout_fraction=split.holdout_fraction,
-            **split.scheme_params(),
-        )
+        plan = _split_plan(split, frame)
     except SplitConfigError as exc:  # too few rows: recorded; training skips this partition
         context.log.warning(f"{context.partition_key}: no folds: {exc}")
         plan = SplitPlan(split.scheme, np.arange(frame.height), np.empty(0, dtype=np.int64), 0, [])
@@ -222,6 +215,18 @@ def walk_forward_splits(
                 markdown_table(table.drop("train_rows", "test_rows", "scheme"), max_rows=30)
             ),
         },
+    )
+
+
+def _split_plan(split: SplitConfig, frame: pl.DataFrame) -> SplitPlan:
+    """`split` applied to a training frame, purging by its label spans [t0, t1]."""
+    return make_splits(
+        split.scheme,
+        frame.height,
+        frame["t0"],
+        frame["t1"],
+        holdout_fraction=split.holdout_fraction,
+        **split.scheme_params(),
     )
 
 
@@ -695,16 +700,8 @@ def global_challenger_model(
         )
     dataset = build_global_dataset(datasets)
     frame = dataset.frame
-    split = config.splits.split_config(frame.height)
     try:
-        plan = make_splits(
-            split.scheme,
-            frame.height,
-            frame["t0"],
-            frame["t1"],
-            holdout_fraction=split.holdout_fraction,
-            **split.scheme_params(),
-        )
+        plan = _split_plan(config.splits.split_config(frame.height), frame)
     except SplitConfigError as exc:
         return _as_output(_skipped_output("", timeframe, str(exc), context))
     result = train_with_cv(

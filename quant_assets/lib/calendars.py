@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Literal
 
 import polars as pl
 
@@ -159,3 +160,8 @@ def infer_calendar(frame: pl.DataFrame, timeframe: str) -> MarketCalendar:
 
 def _time_of_seconds(seconds: int) -> time:
     return time(seconds // 3600, seconds % 3600 // 60, seconds % 60)
+
+
+def annualization_kind(frame: pl.DataFrame, timeframe: str) -> Literal["24/7", "session"]:
+    """How bars `frame` trade for annualizing their returns: "24/7" or exchange "session"s."""
+    return "session" if infer_calendar(frame, timeframe).has_session else "24/7"
