@@ -10,26 +10,25 @@ from pathlib import Path
 from quant_assets.lib.errors import DataValidationError, QuantAssetsError
 from quant_assets.lib.settings import ENV_VARS, Settings, load_settings
 
-DEFAULT_INSTANCE_YAML = """\
-# Written by quant-assets on first use: the embedded default instance (SQLite under this folder).
-# For PostgreSQL storage see the top-level dagster.yaml and README.md ("Instance storage").
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    max_concurrent_runs: 4
-  pools:
-    default_limit: 2
-"""
+INSTANCE_YAML_HEADER = "# Written by quant-assets"
 
 
 def prepare_instance_home(settings: Settings) -> Path:
-    """Point DAGSTER_HOME at the configured directory, creating it (and its dagster.yaml) on first use."""
+    """Point DAGSTER_HOME at the configured directory, creating it and its dagster.yaml on first
+    use (and rewriting a dagster.yaml quant-assets wrote when the settings change it)."""
+    from quant_assets.defs.backfills import instance_yaml
+
     home = settings.dagster_home_path
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() and not (home / "dagster.yml").exists():
-        config.write_text(DEFAULT_INSTANCE_YAML)
+    wanted = instance_yaml(settings.run_slots)
+    if not (home / "dagster.yml").exists() and (
+        not config.exists()
+        or (config.read_text().startswith(INSTANCE_YAML_HEADER) and config.read_text() != wanted)
+    ):
+        tmp = config.with_suffix(".yaml.tmp")
+        tmp.write_text(wanted)
+        tmp.replace(config)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -154,6 +153,24 @@ def _valid_timeframes(
     return coarse_enough
 
 
+def ensure_mlflow_store(settings: Settings) -> None:
+    """Create (migrate) the MLflow store once, before any run touches it: two processes creating
+    the same fresh SQLite store at once fail (`table ... already exists`). A file lock serializes
+    concurrent invocations."""
+    uri = settings.mlflow_uri
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from quant_assets.lib.tracking import Tracker
+
+        Tracker(uri).client.search_experiments(max_results=1)
+
+
 def run_selection(
     settings: Settings,
     selection: str,
@@ -161,10 +178,12 @@ def run_selection(
     timeframes: list[str] | None,
     verbose: bool = False,
     config_file: str | None = None,
+    command: str = "materialize",
 ) -> int:
+    """Submit `selection` × partitions as one asset backfill and follow it to its end."""
     from quant_assets.definitions import build_defs
-    from quant_assets.defs.runs import execute_plan, plan_runs
-    from quant_assets.lib.reporting import text_table
+    from quant_assets.defs import backfills
+    from quant_assets.defs.partitions import CONFIGURED_TIMEFRAMES
     from quant_assets.lib.symbols import normalize_symbol
     from quant_assets.lib.timeframes import check_timeframe
 
@@ -186,56 +205,102 @@ def run_selection(
         )
     explicit = bool(timeframes)
     timeframes = [check_timeframe(t) for t in (timeframes or settings.timeframes)]
+    unconfigured = [t for t in timeframes if t not in CONFIGURED_TIMEFRAMES]
+    if unconfigured:
+        raise QuantAssetsError(
+            f"timeframe(s) {', '.join(unconfigured)} not configured (timeframes = "
+            f"{', '.join(CONFIGURED_TIMEFRAMES)}); set QUANT_ASSETS_TIMEFRAMES to add them"
+        )
     timeframes = _valid_timeframes(settings, symbols, timeframes, explicit)
     defs = build_defs(settings)
-    plan = plan_runs(defs, selection, symbols, timeframes)
-    print(
-        f"materializing {selection!r} for {len(symbols)} symbol(s) x {len(timeframes)} timeframe(s): "
-        f"{len(plan)} run(s) on the instance in {os.environ['DAGSTER_HOME']}",
-        flush=True,
-    )
+    try:
+        subset, keys = backfills.backfill_subset(defs, selection, symbols, timeframes)
+    except (backfills.BackfillError, *selection_errors()) as exc:
+        raise QuantAssetsError(f"--select {selection!r}: {exc}") from exc
+    asset_config = load_asset_config(config_file)
+    unknown = sorted(set(asset_config) - {k.to_user_string() for k in keys})
+    if unknown:
+        raise QuantAssetsError(
+            f"--config names asset(s) outside the selection: {', '.join(unknown)}"
+        )
+    for line in backfills.reap_orphaned_runs(instance):
+        print(f"housekeeping: {line}", flush=True)
+    ensure_mlflow_store(settings)
 
-    def progress(index: int, total: int, outcome) -> None:
-        rows = ", ".join(f"{k}={v}" for k, v in outcome.rows.items())
-        warn = f"  warn: {', '.join(outcome.warned_checks)}" if outcome.warned_checks else ""
-        warn += f"  {', '.join(outcome.decisions)}" if outcome.decisions else ""
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    with backfills.ExecutionDaemon(instance, log, verbose) as daemon:
+        backfill_id = backfills.submit_backfill(
+            instance,
+            subset,
+            title=f"{command} {'everything' if selection.strip() == '*' else selection}",
+            tags={"quant_assets/command": command, "quant_assets/selection": selection[:200]},
+            run_config={"ops": {k: {"config": v} for k, v in asset_config.items()}}
+            if asset_config
+            else None,
+        )
         print(
-            f"[{index:>{len(str(total))}}/{total}] {outcome.status.upper():8} {outcome.planned.label}"
-            f"  {outcome.seconds:5.1f}s  {rows}{warn}",
+            f"backfill {backfill_id}: {selection!r} on {len(symbols)} symbol(s) x "
+            f"{len(timeframes)} timeframe(s), {subset.num_partitions_and_non_partitioned_assets} "
+            f"asset partitions; runs of {settings.run_slots} at a time on the instance in "
+            f"{os.environ['DAGSTER_HOME']} (see it in the UI: quant-assets dev, Backfills)",
             flush=True,
         )
-        if outcome.error:
-            print("    " + outcome.error.replace("\n", "\n    "), file=sys.stderr, flush=True)
+        progress, interrupted = backfills.follow_backfill(instance, backfill_id, daemon, log)
+    return _report_backfill(instance, backfill_id, progress, interrupted, verbose)
 
-    outcomes = execute_plan(
-        defs,
-        plan,
-        instance,
-        on_progress=progress,
-        log_level="INFO" if verbose else "CRITICAL",
-        asset_config=load_asset_config(config_file),
-    )
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("success", "failed", "skipped")}
-    print(
-        f"\nsummary: {counts['success']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped"
-    )
-    bad = [o for o in outcomes if o.status != "success"]
-    if bad:
+
+def selection_errors() -> tuple[type[Exception], ...]:
+    """What Dagster raises for an asset selection that does not parse or matches nothing."""
+    import dagster as dg
+
+    return (dg.DagsterError, ValueError)
+
+
+def _report_backfill(instance, backfill_id: str, progress, interrupted: int | None, verbose: bool):
+    import signal
+
+    from quant_assets.defs import backfills
+    from quant_assets.lib.reporting import text_table
+
+    reports = backfills.run_reports(instance, backfill_id)
+    counts: dict[str, int] = {}
+    for report in reports:
+        counts[report.status] = counts.get(report.status, 0) + 1
+    rows = [
+        {"asset": asset, "done": d, "failed": f, "of": t}
+        for asset, (d, f, t) in progress.by_asset.items()
+    ]
+    print()
+    print(text_table(rows, ["asset", "done", "failed", "of"]))
+    decisions = backfills.check_outcomes(instance, [r.run_id for r in reports], "promotion_gates")
+    if decisions:
+        promoted = sorted(k for k, (ok, _) in decisions.items() if ok)
         print(
-            text_table(
-                [
-                    {
-                        "run": o.planned.label,
-                        "status": o.status,
-                        "error": (o.error or "").splitlines()[0],
-                    }
-                    for o in bad
-                ]
-            ),
+            f"promotion gates: {len(promoted)} of {len(decisions)} challenger(s) promoted"
+            + (f" ({', '.join(promoted)})" if promoted else "")
+        )
+    print(
+        f"\nbackfill {backfill_id} {progress.status}: "
+        + ", ".join(f"{n} run(s) {s.lower()}" for s, n in sorted(counts.items()))
+        + f"; {progress.done}/{progress.total} asset partitions done"
+    )
+    for report in reports:
+        if verbose or report.errors:
+            print(f"run {report.run_id[:8]} {report.status} [{report.partitions}] {report.assets}")
+        for error in report.errors:
+            print(f"    {error.splitlines()[0] if not verbose else error}", file=sys.stderr)
+    if interrupted is not None:
+        name = signal.Signals(interrupted).name
+        print(
+            f"cancelled by {name}: {progress.done}/{progress.total} asset partitions were done; "
+            f"runs cancelled: {counts.get('CANCELED', 0)}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return 128 + interrupted
+    failed = counts.get("FAILURE", 0) + counts.get("CANCELED", 0)
+    return 1 if failed or progress.failed or progress.done < progress.total else 0
 
 
 def load_asset_config(path: str | None) -> dict[str, dict]:
@@ -262,17 +327,29 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+#: the demo's data end: the same bars, models and decisions on every machine and every day
+DEMO_SYNTHETIC_END = "2026-06-30T00:00:00"
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.masking import mask_secrets
+
+    if settings.source == "synthetic" and not settings.synthetic_end:
+        # pinned (also for the daemon and the runs, which read the environment)
+        os.environ["QUANT_ASSETS_SYNTHETIC_END"] = DEMO_SYNTHETIC_END
+        settings = load_settings()
     instance = _instance(settings)
     added = register_symbols(settings, instance, list(settings.universe))
     print(
-        f"quant-assets demo: source {settings.source}, artifacts {settings.artifacts_path}, "
+        f"quant-assets demo: source {mask_secrets(settings.source)}, artifacts {settings.artifacts_path}, "
         f"instance {settings.dagster_home_path}"
     )
     print(
         f"universe: {', '.join(settings.universe)} (newly registered: {', '.join(added) or 'none'})"
     )
-    status = run_selection(settings, args.select, None, None, args.verbose, args.config)
+    status = run_selection(
+        settings, args.select, None, None, args.verbose, args.config, command="demo"
+    )
     print()
     cmd_status(args, settings)
     if status == 0:
@@ -302,15 +379,41 @@ def _registry(settings: Settings):
     return resources["mlflow"].get_tracker(), resources["trading_store"].get_store()
 
 
-def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    from quant_assets.lib.registry_ops import promote_version
+def _requested_model(settings: Settings, tracker, raw_symbol: str, raw_timeframe: str):
+    """(symbol, timeframe, registered model name) of a promote/rollback request, or a
+    QuantAssetsError naming the unregistered symbol, the unknown timeframe or the missing model."""
+    from quant_assets.lib.registry_ops import model_exists
     from quant_assets.lib.symbols import normalize_symbol
     from quant_assets.lib.timeframes import check_timeframe
-    from quant_assets.lib.tracking import ALIAS_CHALLENGER, registered_model_name
+    from quant_assets.lib.tracking import registered_model_name
 
-    symbol, timeframe = normalize_symbol(args.symbol), check_timeframe(args.timeframe)
-    tracker, store = _registry(settings)
+    symbol, timeframe = normalize_symbol(raw_symbol), check_timeframe(raw_timeframe)
     name = registered_model_name(symbol, timeframe)
+    if model_exists(tracker, name):
+        return symbol, timeframe, name
+    registered = _registered(_instance(settings))
+    if symbol not in registered:
+        raise QuantAssetsError(
+            f"symbol {symbol} is not registered (registered: {', '.join(registered) or 'none'}); "
+            f"there is no model {name}"
+        )
+    if timeframe not in settings.timeframes:
+        raise QuantAssetsError(
+            f"timeframe {timeframe} is not one of the configured timeframes "
+            f"({', '.join(settings.timeframes)}); there is no model {name}"
+        )
+    raise QuantAssetsError(
+        f"no model registered as {name}; train one with: "
+        f"quant-assets materialize --symbols {symbol} --timeframes {timeframe}"
+    )
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.registry_ops import promote_version
+    from quant_assets.lib.tracking import ALIAS_CHALLENGER
+
+    tracker, store = _registry(settings)
+    symbol, timeframe, name = _requested_model(settings, tracker, args.symbol, args.timeframe)
     version = args.version or tracker.aliases(name).get(ALIAS_CHALLENGER)
     if not version:
         raise QuantAssetsError(f"{name} has no challenger; train one or pass --version")
@@ -325,28 +428,53 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
         decided_by="cli",
         reason=args.reason,
     )
-    print(
-        f"{name}: champion is now v{result['champion']} (prior champion: {result['prior_champion'] or 'none'}); logged"
-    )
+    print(result["message"])
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from quant_assets.lib.registry_ops import rollback_champion
-    from quant_assets.lib.symbols import normalize_symbol
-    from quant_assets.lib.timeframes import check_timeframe
-    from quant_assets.lib.tracking import registered_model_name
 
-    symbol, timeframe = normalize_symbol(args.symbol), check_timeframe(args.timeframe)
     tracker, store = _registry(settings)
-    name = registered_model_name(symbol, timeframe)
+    symbol, timeframe, name = _requested_model(settings, tracker, args.symbol, args.timeframe)
     result = rollback_champion(
-        tracker, store, name, symbol=symbol, timeframe=timeframe, reason=args.reason
+        tracker,
+        store,
+        name,
+        symbol=symbol,
+        timeframe=timeframe,
+        reason=args.reason,
+        again=args.again,
     )
-    print(
-        f"{name}: rolled back to v{result['champion']} (v{result['prior_champion']} is now prior_champion); logged"
-    )
+    print(result["message"])
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare promotion_log with the registry aliases of every model; exit 1 on a disagreement."""
+    from quant_assets.lib.registry_ops import (
+        champion_model_names,
+        logged_model_names,
+        registry_disagreements,
+    )
+
+    tracker, store = _registry(settings)
+    names = sorted(set(logged_model_names(store)) | set(champion_model_names(tracker)))
+    problems = 0
+    for name in names:
+        found = registry_disagreements(tracker, store, name)
+        problems += len(found)
+        for line in found or [f"{name}: ok"]:
+            print(line)
+    print(
+        f"{len(names)} model(s) checked: "
+        + (
+            f"{problems} disagreement(s) between promotion_log and the registry"
+            if problems
+            else "promotion_log agrees with the registry aliases"
+        )
+    )
+    return 1 if problems else 0
 
 
 def status_rows(settings: Settings) -> list[dict[str, object]]:
@@ -429,13 +557,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import fields
 
+    from quant_assets.lib.masking import mask_secrets, mask_url_path
+
     for f in fields(settings):
         if f.name == "origin":
             continue
         value = getattr(settings, f.name)
+        shown = mask_url_path(value) if f.name == "alert_webhook_url" else mask_secrets(value)
         var = ENV_VARS.get(f.name, "")
-        print(f"{f.name:24} {value!s:48} {var}")
-    print(f"\nmlflow tracking uri      {settings.mlflow_uri}")
+        print(f"{f.name:24} {shown:48} {var}")
+    print(f"\nmlflow tracking uri      {mask_secrets(settings.mlflow_uri)}")
     print(f"read from: {', '.join(settings.origin)}")
     return 0
 
@@ -477,8 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
         "materialize",
         help="materialize an asset selection for symbol x timeframe partitions",
         description="Materialize a Dagster asset selection (e.g. 'ohlcv', 'key:ohlcv+', '*') for the "
-        "given partitions, one run per partition, printing progress and a summary. Exits 1 when a "
-        "run fails, printing the failing step's error.",
+        "given partitions as ONE asset backfill on the instance (as the UI's 'Materialize all'): "
+        "Dagster's backfill daemon plans batched runs stage by stage and the run queue runs them "
+        "in parallel (QUANT_ASSETS_MAX_CONCURRENT_RUNS). The CLI starts that daemon for its own "
+        "duration when none runs, prints progress, and cancels the backfill on Ctrl-C/SIGTERM "
+        "(exit 130/143). Exits 1 when a run fails, printing the failing step's error; 2 for a "
+        "wrong request.",
     )
     mat.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
     mat.add_argument("--symbols", nargs="+", metavar="S", help="default: every registered symbol")
@@ -503,11 +638,26 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", default="manual override", help="recorded in promotion_log")
     promote.set_defaults(func=cmd_promote)
 
-    rollback = sub.add_parser("rollback", help="restore the prior champion (logged)")
+    rollback = sub.add_parser(
+        "rollback",
+        help="restore the prior champion (logged); the version rolled back from becomes "
+        "prior_champion",
+    )
     rollback.add_argument("symbol")
     rollback.add_argument("timeframe")
     rollback.add_argument("--reason", default="manual rollback", help="recorded in promotion_log")
+    rollback.add_argument(
+        "--again",
+        action="store_true",
+        help="allow rolling back a rollback (re-instates the version just rolled back from)",
+    )
     rollback.set_defaults(func=cmd_rollback)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check that promotion_log agrees with the registry aliases (exit 1 when not)",
+    )
+    doctor.set_defaults(func=cmd_doctor)
 
     status = sub.add_parser(
         "status", help="per partition: challenger metrics, gates, champion, latest signal"
@@ -529,7 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         return args.func(args, settings)
     except QuantAssetsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from quant_assets.lib.masking import mask_secrets
+
+        print(f"error: {mask_secrets(exc)}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,6 @@
-"""The Dagster code location: every asset, check, resource and sensor of quant-assets, from Settings."""
+"""The Dagster code location: every asset, check, resource, job and sensor of quant-assets, from
+Settings. Runs execute in one process each (`in_process_executor`): parallelism comes from the run
+queue, which runs `max_concurrent_runs` batched runs at once (see README, "Execution")."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from quant_assets.defs.conditions import limited_to_timeframes
 from quant_assets.defs.evaluation import champion_challenger_evaluation
 from quant_assets.defs.features import cross_sectional_ranks, features
 from quant_assets.defs.health import model_health
+from quant_assets.defs.jobs import PIPELINE_JOBS
 from quant_assets.defs.labels import labels
 from quant_assets.defs.meta import META_ASSETS
 from quant_assets.defs.models import (
@@ -17,7 +20,7 @@ from quant_assets.defs.models import (
     training_dataset,
     walk_forward_splits,
 )
-from quant_assets.defs.ohlcv import ohlcv, ohlcv_checks
+from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.symbols import build_watchlist_sensor
@@ -38,7 +41,6 @@ ASSETS = [
     model_health,
     *META_ASSETS,
 ]
-ASSET_CHECKS = [*ohlcv_checks]
 
 
 def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
@@ -46,11 +48,11 @@ def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
     automation = build_automation(settings, clock)
     return dg.Definitions(
         assets=limited_to_timeframes(ASSETS, settings.timeframes),
-        asset_checks=ASSET_CHECKS,
         resources=resources_from_settings(settings),
         schedules=automation["schedules"],
         sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],
-        jobs=automation["jobs"],
+        jobs=[*automation["jobs"], *PIPELINE_JOBS],
+        executor=dg.in_process_executor,
     )
 
 

@@ -33,7 +33,6 @@ from quant_assets.defs.resources import (
     MlflowResource,
     RetrainRulesResource,
 )
-from quant_assets.defs.runs import DECISION_CHECKS, innermost_message
 from quant_assets.defs.signals import champion, signals
 from quant_assets.lib.alerts import Alert
 from quant_assets.lib.health import (
@@ -279,20 +278,14 @@ def build_cron_retrain_sensor(
     return _sensor
 
 
-def _only_decisions(context: dg.RunFailureSensorContext) -> bool:
-    """A run that failed only because a promotion gate rejected a challenger made a decision
-    (logged in promotion_log), not an error worth an alert."""
-    failures = context.get_step_failure_events()
-    if not failures:
-        return False
-    for event in failures:
-        error = event.step_failure_data.error
-        text = f"{error.cls_name}: {error.message}" if error else ""
-        if "DagsterAssetCheckFailedError" not in text:
-            return False
-        if not any(check in text for check in DECISION_CHECKS):
-            return False
-    return True
+def innermost_message(error) -> str:
+    """The message of a step failure's innermost cause: user code errors arrive wrapped in
+    Dagster's own (`Error occurred while executing op ...`), and the cause is the real one."""
+    if error is None:
+        return "unknown error"
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 @dg.run_failure_sensor(
@@ -302,9 +295,6 @@ def _only_decisions(context: dg.RunFailureSensorContext) -> bool:
 )
 def run_failure_alerts(context: dg.RunFailureSensorContext, alerts: AlertResource) -> None:
     run = context.dagster_run
-    if _only_decisions(context):
-        context.log.info(f"run {run.run_id}: a promotion gate rejected a challenger; no alert")
-        return
     partition = run.tags.get("dagster/partition")
     symbol, timeframe = partition.split("|", 1) if partition and "|" in partition else (None, None)
     steps = [

@@ -1,5 +1,5 @@
-"""Declarative automation conditions of the assets. Data assets follow their upstream; `champion`
-follows an evaluation whose promotion gate passed. Which sensor evaluates them is in automation.py."""
+"""Declarative automation conditions of the assets. Data assets (and `champion`, which records
+each evaluation's decision) follow their upstream. Which sensor evaluates them is in automation.py."""
 
 import dagster as dg
 
@@ -10,17 +10,6 @@ FOLLOWS_UPSTREAM = dg.AutomationCondition.eager()
 #: ohlcv: build the whole history of a partition that appears (a symbol added to the watchlist);
 #: fresh bars afterwards come from each timeframe's refresh schedule
 BUILDS_NEW_PARTITIONS = dg.AutomationCondition.on_missing()
-
-#: champion: promote after an evaluation whose blocking `promotion_gates` check passed for that
-#: partition; a rejected challenger leaves the current champion in place
-PROMOTES_WHEN_GATES_PASS = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("promotes_when_gates_pass")
-
 
 #: meta_learner and meta_filter: retrained once a day (02:00 UTC, with the nightly retrain) once
 #: their inputs have updated since the previous tick

@@ -9,32 +9,39 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.batching import PartitionOutput, emit, partition_check
 from quant_assets.defs.features import features
 from quant_assets.defs.models import (
-    RETRAIN_BACKFILL_POLICY,
-    batch_output,
     challenger_model,
     image_markdown,
     training_dataset,
     walk_forward_splits,
 )
 from quant_assets.defs.ohlcv import ohlcv
-from quant_assets.defs.partitions import step_partitions, symbol_timeframe_partitions
+from quant_assets.defs.partitions import (
+    PARTITION_BATCH,
+    step_partitions,
+    symbol_timeframe_partitions,
+)
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
-from quant_assets.lib.backtest import run_backtest
 from quant_assets.lib.calendars import annualization_kind
-from quant_assets.lib.health import RUN_TAG_MODE
-from quant_assets.lib.metrics import classification_metrics
-from quant_assets.lib.performance import annualization, performance_metrics
-from quant_assets.lib.plots import backtest_report_png, equity_curve_png
-from quant_assets.lib.promotion import GateConfig, evaluate_gates
+from quant_assets.lib.performance import annualization
+from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_evidence_png
+from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import make_signals, position_changes, resolve_long_threshold
+from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
+from quant_assets.lib.trials import (
+    PartitionTrials,
+    SelectionEvidence,
+    TradeRules,
+    holdout_scores,
+    partition_trials,
+    selection_evidence,
+    selection_stats,
+)
 
-#: the step output Dagster gives the `promotion_gates` check (<asset>_<check>)
-PROMOTION_GATES_OUTPUT = "champion_challenger_evaluation_promotion_gates"
 SHOWN_METRICS = (
     "roc_auc",
     "ece",
@@ -63,6 +70,20 @@ class EvaluationConfig(dg.Config):
     champion_drawdown_tolerance: float = 0.01
     require_beat_champion: bool = True
     """A challenger must beat the champion's total return or Sharpe on the same hold-out."""
+    min_dsr: float = 0.95
+    """Deflated Sharpe ratio of the challenger's out-of-fold backtest at its chosen threshold,
+    against the expected best Sharpe of every trial for this partition (N configurations x
+    threshold candidates, V their Sharpe variance)."""
+    min_trl_confidence: float = 0.95
+    """The hold-out must be at least the minimum track record length (MinTRL) at this confidence."""
+    min_trl_benchmark_sharpe: float = 0.0
+    """Annualized Sharpe the hold-out must beat with that confidence."""
+    min_profitable_folds: float = 0.8
+    """Share of validation folds whose out-of-fold backtest made money."""
+    max_pbo: float = 0.5
+    """Probability of backtest overfitting (CSCV over the trials), when there are enough trials."""
+    pbo_blocks: int = 16
+    pbo_min_trials: int = 5
     threshold_long: float | None = None
     """Calibrated take-profit probability from which a bar gets a long signal; default: each model's
     own threshold, chosen on its out-of-fold predictions at training (tag `decision_threshold`),
@@ -76,6 +97,9 @@ class EvaluationConfig(dg.Config):
     slippage_bps: float = 2.0
     delay: int = 1
     """Bars between the signal's bar and execution (at least 1: never on the bar that made it)."""
+    target_vol: float | None = 0.10
+    """Annualized volatility each position is sized to (size = target / (ATR / close / 1.596 x
+    sqrt(bars a year)), at most 1: signals.volatility_target_size); None trades full size."""
 
     def long_threshold(self, model: LoadedModel) -> float:
         return resolve_long_threshold(
@@ -87,6 +111,11 @@ class EvaluationConfig(dg.Config):
         names = {f.name for f in dataclasses.fields(GateConfig)}
         return GateConfig(**{k: v for k, v in self.model_dump().items() if k in names})
 
+    def trade_rules(self) -> TradeRules:
+        """The trading rules of every backtest of the evaluation (hold-out and out-of-fold)."""
+        names = {f.name for f in dataclasses.fields(TradeRules)}
+        return TradeRules(**{k: v for k, v in self.model_dump().items() if k in names})
+
 
 def score_on_holdout(
     model: LoadedModel,
@@ -97,46 +126,28 @@ def score_on_holdout(
     periods_per_year: float,
     n_trials: int,
     config: EvaluationConfig,
+    trials_variance: float | None = None,
 ):
-    """Classification and backtest metrics of one model on the hold-out rows (and their bars)."""
-    prob = model.predict_proba(holdout)
-    metrics = {
-        k: float(v) for k, v in classification_metrics(holdout["y"].to_numpy(), prob).items()
-    }
-    priced = (
-        holdout.select("timestamp")
-        .join(bars.select("timestamp", "close"), on="timestamp")
-        .join(atr, on="timestamp")
+    """Classification and backtest metrics of one model on the hold-out rows (and their bars);
+    the hold-out DSR with the partition's N trials and their Sharpe variance V."""
+    scored = holdout.select("timestamp", "y").with_columns(
+        pl.Series("prob", model.predict_proba(holdout))
     )
-    signals = make_signals(
-        priced["timestamp"],
-        priced["close"],
-        priced["atr_14"],
-        prob,
-        threshold_long=config.long_threshold(model),
-        sl_mult=config.sl_mult,
-        tp_mult=config.tp_mult,
+    priced = scored.join(bars.select("timestamp", "close"), on="timestamp").join(
+        atr, on="timestamp"
     )
-    window = bars.filter(
-        pl.col("timestamp").is_between(holdout["timestamp"].min(), holdout["timestamp"].max())
+    return holdout_scores(
+        priced["y"].to_numpy(),
+        priced["prob"].to_numpy(),
+        priced,
+        bars,
+        config.long_threshold(model),
+        timeframe,
+        periods_per_year,
+        config.trade_rules(),
+        n_trials,
+        trials_variance,
     )
-    result = run_backtest(
-        window,
-        position_changes(signals, config.horizon),
-        timeframe=timeframe,
-        delay=config.delay,
-        fee_bps=config.fee_bps,
-        slippage_bps=config.slippage_bps,
-    )
-    metrics.update(
-        {
-            k: float(v)
-            for k, v in performance_metrics(
-                result, None, periods_per_year, n_trials=n_trials
-            ).items()
-        }
-    )
-    return metrics, result
 
 
 @dg.asset(
@@ -145,15 +156,13 @@ def score_on_holdout(
     group_name="promotion",
     kinds={"mlflow"},
     code_version="1",
-    backfill_policy=RETRAIN_BACKFILL_POLICY,
+    backfill_policy=PARTITION_BATCH,
     check_specs=[
-        dg.AssetCheckSpec(
+        partition_check(
+            "champion_challenger_evaluation",
             "promotion_gates",
-            asset="champion_challenger_evaluation",
-            blocking=True,
-            # a result per partition, which `champion`'s automation condition reads
-            partitions_def=symbol_timeframe_partitions,
-            description="The challenger passed every promotion gate; when it fails, `champion` does not run.",
+            "The challenger passed every promotion gate. A rejection is a decision, not a data "
+            "problem: it is recorded at WARN and `champion` keeps the current champion.",
         )
     ],
 )
@@ -168,69 +177,28 @@ def champion_challenger_evaluation(
     backtest settings: classification and backtest metrics side by side, both equity curves, and the
     gate decision. Rejections are logged here (promotion_log); promotions by `champion`.
 
-    In a batched retrain run every partition is evaluated in turn and gets its own `promotion_gates`
-    result. In runs launched by the retrain sensors a rejection is recorded at WARN severity, so it
-    does not fail the run (nor its batch-mates); `champion`'s automation condition promotes only
-    partitions whose gate passed."""
-    parts = step_partitions(context)
-    results = {
-        key: _evaluate_partition(context, config, mlflow, trading_store, artifacts, symbol, tf)
-        for key, symbol, tf in parts
-    }
-    outputs = {key: (frame, metadata) for key, (frame, metadata, _, _) in results.items()}
-    yield batch_output(context, outputs)
-    # A rejection is a decision. In a run the retrain sensors launched (with batch-mates, and
-    # without `champion`, which the model automation promotes only where the gate passed) it is
-    # recorded at WARN, so the run does not fail for it; a manual run with `champion` in it keeps
-    # ERROR, which blocks that step.
-    automated = RUN_TAG_MODE in context.run.tags
-
-    def severity(passed: bool) -> dg.AssetCheckSeverity:
-        return (
-            dg.AssetCheckSeverity.WARN if automated and not passed else dg.AssetCheckSeverity.ERROR
+    Every partition of a batched run is evaluated in turn and gets its own `promotion_gates` result:
+    passed, or a WARN naming the failed gates. The run succeeds either way; only data or code
+    errors fail it."""
+    outputs = {}
+    for key, symbol, timeframe in step_partitions(context):
+        frame, metadata, passed, check_metadata = _evaluate_partition(
+            context, config, mlflow, trading_store, artifacts, symbol, timeframe
         )
-
-    if len(results) == 1 and context.has_partition_key:
-        _, _, passed, check_metadata = next(iter(results.values()))
-        yield dg.AssetCheckResult(
-            check_name="promotion_gates",
-            passed=passed,
-            metadata=check_metadata,
-            severity=severity(passed),
+        outputs[key] = PartitionOutput(
+            frame,
+            metadata,
+            checks=[
+                dg.AssetCheckResult(
+                    check_name="promotion_gates",
+                    passed=passed,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata=check_metadata,
+                    description=str(check_metadata.get("reason", "")) or None,
+                )
+            ],
         )
-        return
-    # An AssetCheckResult in a step over several partitions would be recorded for no partition;
-    # Dagster turns one into exactly these two events, so the step emits them per partition.
-    yield dg.Output(None, output_name=PROMOTION_GATES_OUTPUT)
-    for key, (_, _, passed, check_metadata) in results.items():
-        yield dg.AssetCheckEvaluation(
-            asset_key=context.asset_key,
-            check_name="promotion_gates",
-            passed=passed,
-            metadata=check_metadata,
-            severity=severity(passed),
-            blocking=True,
-            partition=key,
-            target_materialization_data=_latest_materialization(context, key),
-        )
-
-
-def _latest_materialization(context: dg.AssetExecutionContext, partition: str):
-    """What an AssetCheckResult records as the materialization it checked (the one just made)."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        storage_id=records[0].storage_id,
-        run_id=records[0].event_log_entry.run_id,
-        timestamp=records[0].timestamp,
-    )
+    yield from emit(context, outputs)
 
 
 def _evaluate_partition(
@@ -257,22 +225,51 @@ def _evaluate_partition(
         return frame, {"decision": "none", "reason": reason}, False, {"reason": reason}
     tracker = mlflow.get_tracker()
     name = record["model_name"]
+    champion_version = tracker.aliases(name).get(ALIAS_CHAMPION)
+    if champion_version == record["version"]:
+        # an identical retraining reused the champion's version: there is nothing to decide
+        reason = f"the challenger {name} v{record['version']} is the champion already"
+        frame = pl.DataFrame(
+            [
+                {
+                    "symbol": symbol,
+                    "timeframe": timeframe,
+                    "decision": "none",
+                    "reason": reason,
+                    "model_name": name,
+                    "challenger_version": record["version"],
+                    "champion_version": champion_version,
+                }
+            ]
+        )
+        return frame, {"decision": "none", "reason": reason}, False, {"reason": reason}
     plan = split_plan_from_frame(walk_forward_splits)
     holdout = training_dataset[plan.holdout_idx]
     atr = features.select("timestamp", "atr_14")
     ppy = annualization(timeframe, annualization_kind(ohlcv, timeframe))
-    n_trials = max(tracker.version_count(name), 1)
+    gate_config = config.gate_config()
+    fitted = partition_trials(tracker, name, record["version"])
+    evidence = _selection_evidence(fitted, ohlcv, atr, timeframe, ppy, config)
+    n_trials = evidence.n_trials if evidence is not None else 1
+    variance = evidence.trials_variance if evidence is not None else None
 
     def score(version: str):
         model = tracker.load_model(name, version)
-        return score_on_holdout(model, holdout, ohlcv, atr, timeframe, ppy, n_trials, config)
+        return score_on_holdout(
+            model, holdout, ohlcv, atr, timeframe, ppy, n_trials, config, variance
+        )
 
     scored = {"challenger": score(record["version"])}
-    champion_version = tracker.aliases(name).get(ALIAS_CHAMPION)
-    if champion_version and champion_version != record["version"]:
+    if champion_version:
         scored["champion"] = score(champion_version)
     metrics = {role: m for role, (m, _) in scored.items()}
-    decision = evaluate_gates(metrics["challenger"], metrics.get("champion"), config.gate_config())
+    if evidence is not None:
+        selection = selection_stats(evidence, scored["challenger"][1], ppy, gate_config)
+    else:
+        selection = _no_selection_evidence(fitted)
+    decision = evaluate_gates(
+        metrics["challenger"], metrics.get("champion"), gate_config, selection=selection
+    )
     workdir = Path(tempfile.mkdtemp(prefix="qa_eval_"))
     curves = {
         f"{role} v{record['version'] if role == 'challenger' else champion_version}": r.per_bar.select(
@@ -288,6 +285,21 @@ def _evaluate_partition(
         workdir / "backtest_report.png",
         title=f"{name} v{record['version']}: hold-out backtest",
         metrics=metrics["challenger"],
+    )
+    evidence_metrics = evidence.as_metrics(ppy) if evidence is not None else {}
+    evidence_metrics |= {
+        "min_trl_periods": selection.min_track_record,
+        "holdout_periods": selection.track_record,
+    }
+    fold_png = (
+        fold_evidence_png(
+            evidence.folds,
+            evidence.trials,
+            workdir / "fold_evidence.png",
+            title=f"{name} v{record['version']}: out-of-fold evidence",
+        )
+        if evidence is not None
+        else None
     )
     side_by_side = pl.DataFrame(
         {
@@ -313,15 +325,24 @@ def _evaluate_partition(
     ) as run_id:
         for role, m in metrics.items():
             tracker.log_metrics(run_id, {f"{role}_{k}": v for k, v in m.items()})
+        tracker.log_metrics(run_id, {f"selection_{k}": v for k, v in evidence_metrics.items()})
         tracker.log_params(
             run_id,
             {f"eval.{k}": v for k, v in config.model_dump().items()}
-            | {"eval.n_trials": n_trials, "eval.periods_per_year": ppy},
+            | {
+                "eval.n_trials": n_trials,
+                "eval.trials_sharpe_variance": variance,
+                "eval.periods_per_year": ppy,
+            },
         )
         tracker.log_file(run_id, equity_png)
         tracker.log_file(run_id, report_png)
         tracker.log_frame(run_id, gates, "gates.csv")
         tracker.log_frame(run_id, scored["challenger"][1].trades, "challenger_trades.csv")
+        if evidence is not None:
+            tracker.log_file(run_id, fold_png)
+            tracker.log_frame(run_id, evidence.folds, "fold_backtests.csv")
+            tracker.log_frame(run_id, evidence.trials, "trials.csv")
     tracker.set_version_tags(
         name,
         record["version"],
@@ -329,6 +350,8 @@ def _evaluate_partition(
             **decision.as_tags(),
             "evaluation_run_id": run_id,
             "evaluated_by_dagster_run": context.run.run_id,
+            "n_trials": str(n_trials),
+            "trials_sharpe_variance": f"{variance if variance is not None else float('nan'):.6g}",
         },
     )
     if not decision.promote:
@@ -356,6 +379,7 @@ def _evaluate_partition(
         "gates_json": json.dumps({g["name"]: g for g in decision.as_rows()}, default=str),
         **{f"challenger_{k}": v for k, v in metrics["challenger"].items()},
         **{f"champion_{k}": v for k, v in metrics.get("champion", {}).items()},
+        **{f"selection_{k}": float(v) for k, v in evidence_metrics.items()},
     }
     metadata = {
         "decision": out["decision"],
@@ -364,6 +388,24 @@ def _evaluate_partition(
         "champion_version": champion_version or "none",
         "holdout_rows": holdout.height,
         "holdout_window": f"{holdout['timestamp'].min()} .. {holdout['timestamp'].max()}",
+        "n_trials": dg.MetadataValue.int(n_trials),
+        "trials_sharpe_variance": dg.MetadataValue.float(
+            variance if variance is not None else float("nan")
+        ),
+        "trials": _trials_summary(fitted, evidence),
+        **{
+            k: dg.MetadataValue.float(float(evidence_metrics[k]))
+            for k in (
+                "oof_dsr",
+                "expected_max_sharpe",
+                "oof_sharpe",
+                "pbo",
+                "profitable_fold_share",
+                "min_trl_periods",
+                "holdout_periods",
+            )
+            if k in evidence_metrics
+        },
         "side_by_side": dg.MetadataValue.md(
             markdown_table(side_by_side, max_rows=len(SHOWN_METRICS))
         ),
@@ -372,9 +414,72 @@ def _evaluate_partition(
         "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
         "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
     }
+    if evidence is not None:
+        metadata["fold_backtests"] = dg.MetadataValue.md(
+            markdown_table(evidence.folds, max_rows=evidence.folds.height)
+        )
+        metadata["fold_evidence"] = dg.MetadataValue.md(
+            image_markdown(fold_png, "out-of-fold evidence")
+        )
     check_metadata = {
         "decision": out["decision"],
         "reason": decision.reason,
+        "n_trials": n_trials,
         **{gate.name: gate.describe() for gate in decision.gates},
     }
     return pl.DataFrame([out]), metadata, decision.promote, check_metadata
+
+
+def _selection_evidence(
+    fitted: PartitionTrials,
+    bars: pl.DataFrame,
+    atr: pl.DataFrame,
+    timeframe: str,
+    periods_per_year: float,
+    config: EvaluationConfig,
+) -> SelectionEvidence | None:
+    """Every trial of the partition backtested on the challenger's out-of-fold window, or None
+    when the challenger's configuration logged no out-of-fold predictions."""
+    if fitted.challenger is None:
+        return None
+    return selection_evidence(
+        fitted.challenger,
+        fitted.others,
+        bars,
+        atr,
+        timeframe,
+        periods_per_year,
+        config.trade_rules(),
+        pbo_blocks=config.pbo_blocks,
+        pbo_min_trials=config.pbo_min_trials,
+    )
+
+
+def _no_selection_evidence(fitted: PartitionTrials) -> SelectionStats:
+    """Selection gates that fail, saying why: without out-of-fold evidence nothing supports them."""
+    nan = float("nan")
+    return SelectionStats(
+        dsr=nan,
+        n_trials=0,
+        trials_variance=nan,
+        track_record=nan,
+        min_track_record=nan,
+        profitable_fold_share=nan,
+        n_folds=0,
+        pbo=None,
+        pbo_reason=(
+            "the challenger's configuration logged no out-of-fold predictions "
+            f"({fitted.versions_seen} versions, {fitted.without_record} without a trial record)"
+        ),
+    )
+
+
+def _trials_summary(fitted: PartitionTrials, evidence: SelectionEvidence | None) -> str:
+    """One line: what N counts."""
+    if evidence is None:
+        return "no trial record for the challenger's configuration"
+    return (
+        f"{evidence.n_trials} trials = {evidence.n_configs} configuration(s) x their threshold "
+        f"candidates ({', '.join(c.label for c in [fitted.challenger, *fitted.others] if c)}); "
+        f"{fitted.versions_seen} registered versions, {fitted.without_record} without a record"
+    )

@@ -4,14 +4,21 @@ import dagster as dg
 import polars as pl
 import polars.selectors as cs
 
+from quant_assets.defs.batching import PartitionOutput, emit, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import (
-    symbol_and_timeframe,
+    CONFIGURED_TIMEFRAMES,
+    PARTITION_BATCH,
+    TIMEFRAME_BATCH,
+    registered_symbols,
+    step_partitions,
     symbol_timeframe_partitions,
     timeframe_partitions,
 )
+from quant_assets.defs.resources import ArtifactStore
 from quant_assets.lib.features import (
     MTF_FEATURES,
+    XS_SOURCES,
     compute_features,
     feature_names,
     multi_timeframe_snapshot,
@@ -22,13 +29,17 @@ from quant_assets.lib.features import (
 from quant_assets.lib.leakage import mtf_lookahead_violations, recursive_analysis
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.settings import DEFAULT_TIMEFRAMES
-from quant_assets.lib.timeframes import TIMEFRAMES, timeframe_seconds
+from quant_assets.lib.timeframes import timeframe_seconds
 
 # Each timeframe reads its own bars and those of every coarser timeframe of the same symbol.
 _SAME_OR_COARSER = dg.StaticPartitionMapping(
     {
-        up: [down for down in TIMEFRAMES if timeframe_seconds(down) <= timeframe_seconds(up)]
-        for up in TIMEFRAMES
+        up: [
+            down
+            for down in CONFIGURED_TIMEFRAMES
+            if timeframe_seconds(down) <= timeframe_seconds(up)
+        ]
+        for up in CONFIGURED_TIMEFRAMES
     }
 )
 SAME_SYMBOL_COARSER_TIMEFRAMES = dg.MultiPartitionMapping(
@@ -55,20 +66,21 @@ class FeaturesConfig(dg.Config):
     group_name="research",
     kinds={"polars"},
     code_version="1",
+    backfill_policy=PARTITION_BATCH,
     check_specs=[
-        dg.AssetCheckSpec(
+        partition_check(
+            "features",
             "no_lookahead",
-            asset="features",
-            blocking=True,
-            description="Recursive analysis: recomputing on history truncated at several "
+            "Recursive analysis: recomputing on history truncated at several "
             "cut points reproduces every earlier row exactly.",
-        ),
-        dg.AssetCheckSpec(
-            "mtf_closed_bars_only",
-            asset="features",
             blocking=True,
-            description="Every multi-timeframe value comes from a higher-timeframe bar "
+        ),
+        partition_check(
+            "features",
+            "mtf_closed_bars_only",
+            "Every multi-timeframe value comes from a higher-timeframe bar "
             "that had closed by the bar's close.",
+            blocking=True,
         ),
     ],
 )
@@ -78,7 +90,18 @@ def features(
     """Technical features of each bar (docs/features.md), plus `tf<T>_*` columns holding the
     RSI, EMA slope and ATR fraction of each coarser timeframe as of the last bar of it that had
     closed. Warm-up rows are kept, with nulls and `is_warm = false`; nothing is back-filled."""
-    symbol, timeframe = symbol_and_timeframe(context)
+    yield from emit(
+        context,
+        {
+            key: _features_of(config, ohlcv, symbol, timeframe)
+            for key, symbol, timeframe in step_partitions(context)
+        },
+    )
+
+
+def _features_of(
+    config: FeaturesConfig, ohlcv: dict[str, pl.DataFrame], symbol: str, timeframe: str
+) -> PartitionOutput:
     bars = ohlcv.get(f"{symbol}|{timeframe}")
     if bars is None:
         raise FileNotFoundError(
@@ -98,7 +121,11 @@ def features(
     snapshot = multi_timeframe_snapshot(base.select("timestamp"), timeframe, higher)
     frame = base.join(snapshot, on="timestamp", how="left", maintain_order="left")
 
-    yield dg.Output(
+    report = recursive_analysis(
+        lambda b: compute_features(b, timeframe), bars, n_cuts=config.leakage_cuts
+    )
+    violations = mtf_lookahead_violations(base.select("timestamp"), timeframe, snapshot, higher)
+    return PartitionOutput(
         frame,
         metadata={
             "dagster/row_count": frame.height,
@@ -126,52 +153,65 @@ def features(
                 )
             ),
         },
-    )
-    report = recursive_analysis(
-        lambda b: compute_features(b, timeframe), bars, n_cuts=config.leakage_cuts
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_lookahead",
-        passed=report.ok,
-        metadata={"cuts": str(list(report.cuts)), "result": report.describe()},
-    )
-    violations = mtf_lookahead_violations(base.select("timestamp"), timeframe, snapshot, higher)
-    yield dg.AssetCheckResult(
-        check_name="mtf_closed_bars_only",
-        passed=violations == 0,
-        metadata={
-            "violations": violations,
-            "rows": frame.height,
-            "timeframes": ", ".join(coarser) or "none",
-        },
+        checks=[
+            dg.AssetCheckResult(
+                check_name="no_lookahead",
+                passed=report.ok,
+                metadata={"cuts": str(list(report.cuts)), "result": report.describe()},
+            ),
+            dg.AssetCheckResult(
+                check_name="mtf_closed_bars_only",
+                passed=violations == 0,
+                metadata={
+                    "violations": violations,
+                    "rows": frame.height,
+                    "timeframes": ", ".join(coarser) or "none",
+                },
+            ),
+        ],
     )
 
 
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=timeframe_partitions,
-    ins={
-        "features": dg.AssetIn(
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping("timeframe")
+    deps=[
+        dg.AssetDep(
+            "features", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("timeframe")
         )
-    },
+    ],
     group_name="research",
     kinds={"polars"},
     code_version="1",
+    backfill_policy=TIMEFRAME_BATCH,
 )
-def cross_sectional_ranks(
-    context: dg.AssetExecutionContext, features: dict[str, pl.DataFrame]
-) -> dg.Output[pl.DataFrame]:
+def cross_sectional_ranks(context: dg.AssetExecutionContext, artifacts: ArtifactStore):
     """Percentile ranks of momentum (ret_20), volume (volume_ratio_20) and volatility (vol_20)
-    across every symbol with a bar at the same timestamp; joined into training data later."""
-    frames = {key.split("|", 1)[0]: frame for key, frame in features.items()}
-    if not frames:
-        raise FileNotFoundError(
-            f"cross_sectional_ranks {context.partition_key}: no features materialized"
-        )
+    across every symbol with a bar at the same timestamp; joined into training data later.
+    Reads only the three ranked columns of each symbol's features (column projection), so memory
+    grows with symbols × bars × 3, not with the whole feature set."""
+    outputs = {}
+    for timeframe in context.partition_keys:
+        frames = {
+            symbol: frame
+            for symbol in registered_symbols(context.instance)
+            if (frame := artifacts.read_partition("features", symbol, timeframe, RANKED_COLUMNS))
+            is not None
+        }
+        if not frames:
+            raise FileNotFoundError(f"cross_sectional_ranks {timeframe}: no features materialized")
+        outputs[timeframe] = _ranks_output(frames)
+    yield from emit(context, outputs)
+
+
+#: the columns of `features` that cross-sectional ranks read
+RANKED_COLUMNS = ("timestamp", *XS_SOURCES.values())
+
+
+def _ranks_output(frames: dict[str, pl.DataFrame]) -> PartitionOutput:
     ranks = rank_across_symbols(frames)
     per_ts = ranks.group_by("timestamp").agg(pl.col("xs_n_symbols").first())
-    return dg.Output(
+    return PartitionOutput(
         ranks,
         metadata={
             "dagster/row_count": ranks.height,

@@ -23,7 +23,11 @@ HOURLY = "0 * * * *"
     group_name="monitoring",
     kinds={"mlflow", "sql"},
     code_version="1",
-    automation_condition=dg.AutomationCondition.on_cron(HOURLY),
+    # it summarizes every partition's models and signals: in a backfill it runs after them
+    deps=["challenger_model", "champion", "signals"],
+    # hourly, whatever its (many, partitioned) dependencies did since the last tick
+    automation_condition=dg.AutomationCondition.cron_tick_passed(HOURLY)
+    & ~dg.AutomationCondition.in_progress(),
 )
 def model_health(
     context: dg.AssetExecutionContext,

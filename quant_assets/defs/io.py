@@ -7,19 +7,23 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from quant_assets.lib.storage import read_parquet, write_parquet_atomic
+from quant_assets.lib.storage import read_parquet, safe_artifact_path, write_parquet_atomic
+from quant_assets.lib.symbols import validate_partition_key
 
 
 def partition_path(root: str | Path, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
     """`<root>/<asset>/<symbol>/<timeframe>.parquet` for symbol|timeframe partitions,
-    `<root>/<asset>/<key>.parquet` for single-dimension ones, `<root>/<asset>.parquet` otherwise."""
-    base = Path(root).joinpath(*asset_key.path)
+    `<root>/<asset>/<key>.parquet` for single-dimension ones, `<root>/<asset>.parquet` otherwise.
+
+    The key is validated (a key added from the UI or GraphQL never passed the CLI) and the path is
+    resolved and checked to stay under `root`: InvalidPartitionKeyError otherwise."""
     if partition_key is None:
-        return base.with_suffix(".parquet")
-    if "|" in partition_key:
-        symbol, timeframe = partition_key.split("|", 1)
-        return base / symbol / f"{timeframe}.parquet"
-    return base / f"{partition_key}.parquet"
+        *parents, name = asset_key.path
+        return safe_artifact_path(root, *parents, f"{name}.parquet")
+    symbol, timeframe = validate_partition_key(partition_key)
+    if timeframe is not None:
+        return safe_artifact_path(root, *asset_key.path, symbol, f"{timeframe}.parquet")
+    return safe_artifact_path(root, *asset_key.path, f"{symbol}.parquet")
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

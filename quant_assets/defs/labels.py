@@ -3,8 +3,13 @@
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.batching import PartitionOutput, emit, inputs_of, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
-from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
+from quant_assets.defs.partitions import (
+    PARTITION_BATCH,
+    step_partitions,
+    symbol_timeframe_partitions,
+)
 from quant_assets.lib.labels import MINORITY_CLASS_WARN_FRACTION, build_labels, label_summary
 from quant_assets.lib.leakage import label_lookahead_report
 from quant_assets.lib.reporting import markdown_table
@@ -33,40 +38,59 @@ class LabelsConfig(dg.Config):
     group_name="research",
     kinds={"numpy", "polars"},
     code_version="1",
+    backfill_policy=PARTITION_BATCH,
     check_specs=[
-        dg.AssetCheckSpec(
+        partition_check(
+            "labels",
             "class_balance",
-            asset="labels",
-            description=f"Warns when a class holds under {MINORITY_CLASS_WARN_FRACTION:.0%} of labelled rows.",
+            f"Warns when a class holds under {MINORITY_CLASS_WARN_FRACTION:.0%} of labelled rows.",
         ),
-        dg.AssetCheckSpec(
+        partition_check(
+            "labels",
             "labels_known_after_entry",
-            asset="labels",
-            blocking=True,
-            description="Every outcome is known after its entry bar closed and by the end of the "
+            "Every outcome is known after its entry bar closed and by the end of the "
             "data; labels computed on truncated history never change.",
+            blocking=True,
         ),
     ],
 )
 def labels(
     context: dg.AssetExecutionContext,
     config: LabelsConfig,
-    ohlcv: pl.DataFrame,
-    features: pl.DataFrame,
+    ohlcv: dict[str, pl.DataFrame],
+    features: dict[str, pl.DataFrame],
 ):
     """Triple-barrier labels (take-profit `tp_mult`·ATR, stop-loss `sl_mult`·ATR, vertical after
     `horizon` bars; touches on each following bar's high/low; a bar touching both is a stop-loss),
     the fixed-horizon `label_fh`, and average-uniqueness sample weights. Rows whose horizon runs
     past the data are unlabelled (null)."""
-    _, timeframe = symbol_and_timeframe(context)
+    yield from emit(
+        context,
+        {
+            key: _labels_of(config, inputs_of(ohlcv, key), inputs_of(features, key), key, timeframe)
+            for key, _, timeframe in step_partitions(context)
+        },
+    )
+
+
+def _labels_of(
+    config: LabelsConfig, ohlcv: pl.DataFrame, features: pl.DataFrame, key: str, timeframe: str
+) -> PartitionOutput:
     if not ohlcv["timestamp"].equals(features["timestamp"]):
         raise ValueError(
-            f"labels {context.partition_key}: ohlcv and features have different bars; re-materialize features"
+            f"labels {key}: ohlcv and features have different bars; re-materialize features"
         )
     frame = build_labels(ohlcv, features["atr_14"], timeframe, **config.model_dump())
     summary = label_summary(frame)
     fh = label_summary(frame.select("label_fh"))
-    yield dg.Output(
+    report = label_lookahead_report(
+        lambda b: build_labels(
+            b, features["atr_14"].head(b.height), timeframe, **config.model_dump()
+        ),
+        ohlcv,
+        timeframe,
+    )
+    return PartitionOutput(
         frame,
         metadata={
             "dagster/row_count": frame.height,
@@ -80,26 +104,21 @@ def labels(
             "config": dg.MetadataValue.json(config.model_dump()),
             "preview": dg.MetadataValue.md(markdown_table(frame.drop_nulls("label").tail(5))),
         },
-    )
-    yield dg.AssetCheckResult(
-        check_name="class_balance",
-        passed=summary["minority_class_fraction"] >= MINORITY_CLASS_WARN_FRACTION,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "minority_class": str(summary["minority_class"]),
-            "minority_class_fraction": summary["minority_class_fraction"],
-            "class_counts": dg.MetadataValue.json(summary["class_counts"]),
-        },
-    )
-    report = label_lookahead_report(
-        lambda b: build_labels(
-            b, features["atr_14"].head(b.height), timeframe, **config.model_dump()
-        ),
-        ohlcv,
-        timeframe,
-    )
-    yield dg.AssetCheckResult(
-        check_name="labels_known_after_entry",
-        passed=report.ok,
-        metadata={"result": report.describe(), "cuts": str(list(report.cuts))},
+        checks=[
+            dg.AssetCheckResult(
+                check_name="class_balance",
+                passed=summary["minority_class_fraction"] >= MINORITY_CLASS_WARN_FRACTION,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "minority_class": str(summary["minority_class"]),
+                    "minority_class_fraction": summary["minority_class_fraction"],
+                    "class_counts": dg.MetadataValue.json(summary["class_counts"]),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name="labels_known_after_entry",
+                passed=report.ok,
+                metadata={"result": report.describe(), "cuts": str(list(report.cuts))},
+            ),
+        ],
     )

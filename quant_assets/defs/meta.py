@@ -11,11 +11,15 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from quant_assets.defs.batching import each_partition, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM, RETRAINS_NIGHTLY
 from quant_assets.defs.models import BY_TIMEFRAME, image_markdown
-from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
-from quant_assets.defs.resources import AlertResource, MlflowResource
-from quant_assets.defs.runs import RUNS_LAST_TAG
+from quant_assets.defs.partitions import (
+    PARTITION_BATCH,
+    symbol_and_timeframe,
+    symbol_timeframe_partitions,
+)
+from quant_assets.defs.resources import AlertResource, ArtifactStore, MlflowResource
 from quant_assets.lib.alerts import Alert
 from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.meta import (
@@ -72,18 +76,20 @@ class RegimeAssetConfig(dg.Config):
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
+    backfill_policy=PARTITION_BATCH,
     group_name=GROUP,
     kinds={"polars"},
     code_version="1",
     check_specs=[
-        dg.AssetCheckSpec(
+        partition_check(
+            "regime",
             "regime_no_lookahead",
-            asset="regime",
+            "Regimes recomputed on truncated history are identical for every earlier bar.",
             blocking=True,
-            description="Regimes recomputed on truncated history are identical for every earlier bar.",
         )
     ],
 )
+@each_partition
 def regime(context: dg.AssetExecutionContext, config: RegimeAssetConfig, features: pl.DataFrame):
     """A regime per bar from information available at that bar: bull, bear, range or neutral from
     the trend slope and volatility bucket of the coarsest higher timeframe in the snapshot (rules),
@@ -135,11 +141,15 @@ def regime(context: dg.AssetExecutionContext, config: RegimeAssetConfig, feature
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
+    backfill_policy=PARTITION_BATCH,
     group_name=GROUP,
     kinds={"polars"},
     code_version="1",
 )
-def primary_signals(ohlcv: pl.DataFrame, features: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+@each_partition
+def primary_signals(
+    context: dg.AssetExecutionContext, ohlcv: pl.DataFrame, features: pl.DataFrame
+) -> dg.Output[pl.DataFrame]:
     """Side (-1/0/+1) and confidence of three documented primary strategies per bar, known at its
     close: trend (EMA 12/26 cross), mean reversion (Bollinger %B beyond the bands), breakout
     (close beyond the previous 20 bars' range). The meta layer combines them."""
@@ -212,11 +222,13 @@ def _log_variant_metrics(tracker: Tracker, run_id: str, summary: pl.DataFrame) -
 @dg.asset(
     automation_condition=RETRAINS_NIGHTLY,
     partitions_def=symbol_timeframe_partitions,
+    backfill_policy=PARTITION_BATCH,
     group_name=GROUP,
     kinds={"scikitlearn", "mlflow"},
     code_version="1",
     pool="mlflow",
 )
+@each_partition
 def meta_learner(
     context: dg.AssetExecutionContext,
     config: MetaLearnerConfig,
@@ -327,11 +339,13 @@ class MetaFilterAssetConfig(dg.Config):
 @dg.asset(
     automation_condition=RETRAINS_NIGHTLY,
     partitions_def=symbol_timeframe_partitions,
+    backfill_policy=PARTITION_BATCH,
     group_name=GROUP,
     kinds={"scikitlearn", "mlflow"},
     code_version="1",
     pool="mlflow",
 )
+@each_partition
 def meta_filter(
     context: dg.AssetExecutionContext,
     config: MetaFilterAssetConfig,
@@ -480,24 +494,25 @@ def _champion_sides(
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
-    ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    backfill_policy=PARTITION_BATCH,
+    # compared with the champion in service, so after this partition's promotion decision
+    deps=[dg.AssetDep("cross_sectional_ranks", partition_mapping=BY_TIMEFRAME), "champion"],
     group_name=GROUP,
     kinds={"mlflow", "polars"},
     code_version="1",
-    # after this invocation's promotions, so the comparison is with the champion in service
-    tags={RUNS_LAST_TAG: "true"},
 )
+@each_partition
 def ensemble_signals(
     context: dg.AssetExecutionContext,
     config: EnsembleAssetConfig,
     mlflow: MlflowResource,
     alerts: AlertResource,
+    artifacts: ArtifactStore,
     ohlcv: pl.DataFrame,
     features: pl.DataFrame,
     primary_signals: pl.DataFrame,
     regime: pl.DataFrame,
     labels: pl.DataFrame,
-    cross_sectional_ranks: pl.DataFrame,
     meta_learner: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
     """Per bar: side and size from the regime's meta-learner when it exists and is calibrated
@@ -508,6 +523,7 @@ def ensemble_signals(
     promotion gates against the champion direction model on that hold-out."""
     symbol, timeframe = symbol_and_timeframe(context)
     tracker = mlflow.get_tracker()
+    cross_sectional_ranks = artifacts.read_ranks(symbol, timeframe)
     frame = meta_frame(ohlcv, features, primary_signals, regime, labels)
     models, load_failures = _load_meta_models(tracker, meta_learner)
     ensemble_config = EnsembleConfig(

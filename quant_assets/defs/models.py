@@ -11,10 +11,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from quant_assets.defs.batching import PartitionOutput, emit, inputs_of
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import (
+    PARTITION_BATCH,
+    TIMEFRAME_BATCH,
+    registered_symbols,
     step_partitions,
-    symbol_and_timeframe,
     symbol_timeframe_partitions,
     timeframe_partitions,
 )
@@ -62,6 +65,15 @@ from quant_assets.lib.training import (
     continue_training,
     fit_per_symbol_calibrators,
     train_with_cv,
+)
+from quant_assets.lib.trials import (
+    OOF_ARTIFACT,
+    TRIALS_ARTIFACT,
+    model_config_id,
+    oof_predictions_frame,
+    reusable_version,
+    reused_record,
+    training_trial_record,
 )
 
 BY_TIMEFRAME = dg.MultiToSingleDimensionPartitionMapping("timeframe")
@@ -134,48 +146,58 @@ class ModelTrainingConfig(dg.Config):
 class GlobalTrainingConfig(ModelTrainingConfig):
     splits: SplitsConfig = SplitsConfig()
     """Validation scheme over the time-sorted union of every symbol's rows."""
+    max_rows_per_symbol: int = 20_000
+    """The latest rows of each symbol the global model reads (bounds memory at many symbols)."""
 
 
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
-    ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    deps=[dg.AssetDep("cross_sectional_ranks", partition_mapping=BY_TIMEFRAME)],
     group_name="training",
     kinds={"polars"},
     code_version=CODE_VERSION,
+    backfill_policy=PARTITION_BATCH,
 )
 def training_dataset(
     context: dg.AssetExecutionContext,
     config: DatasetConfig,
-    features: pl.DataFrame,
-    labels: pl.DataFrame,
-    cross_sectional_ranks: pl.DataFrame,
-) -> dg.Output[pl.DataFrame]:
+    artifacts: ArtifactStore,
+    features: dict[str, pl.DataFrame],
+    labels: dict[str, pl.DataFrame],
+):
     """Features (with the multi-timeframe snapshot and this symbol's cross-sectional ranks) joined
     with the binary target, its label span [t0, t1] and sample weight. Warm-up, unlabelled and
     incomplete rows are dropped and counted."""
-    symbol, _ = symbol_and_timeframe(context)
-    dataset = build_training_dataset(
-        features, labels, cross_sectional_ranks, target=config.target, symbol=symbol
-    )
-    frame = dataset.frame.with_columns(pl.lit(config.target).alias("target"))
-    return dg.Output(
-        frame,
-        data_version=dg.DataVersion(dataset_fingerprint(frame)),
-        metadata={
-            "dagster/row_count": frame.height,
-            **{
-                k: dg.MetadataValue.int(int(v)) if isinstance(v, int) else float(v)
-                for k, v in dataset.counts.items()
+    outputs = {}
+    for key, symbol, timeframe in step_partitions(context):
+        dataset = build_training_dataset(
+            inputs_of(features, key),
+            inputs_of(labels, key),
+            artifacts.read_ranks(symbol, timeframe),
+            target=config.target,
+            symbol=symbol,
+        )
+        frame = dataset.frame.with_columns(pl.lit(config.target).alias("target"))
+        version = dataset_fingerprint(frame)
+        outputs[key] = PartitionOutput(
+            frame,
+            data_version=version,
+            metadata={
+                "dagster/row_count": frame.height,
+                **{
+                    k: dg.MetadataValue.int(int(v)) if isinstance(v, int) else float(v)
+                    for k, v in dataset.counts.items()
+                },
+                "target": config.target,
+                "features": len(dataset.feature_columns),
+                "feature_columns": ", ".join(dataset.feature_columns),
+                "first_row": str(frame["timestamp"].min()) if frame.height else "none",
+                "last_row": str(frame["timestamp"].max()) if frame.height else "none",
+                "data_version": version,
             },
-            "target": config.target,
-            "features": len(dataset.feature_columns),
-            "feature_columns": ", ".join(dataset.feature_columns),
-            "first_row": str(frame["timestamp"].min()) if frame.height else "none",
-            "last_row": str(frame["timestamp"].max()) if frame.height else "none",
-            "data_version": dataset_fingerprint(frame),
-        },
-    )
+        )
+    yield from emit(context, outputs)
 
 
 @dg.asset(
@@ -184,24 +206,39 @@ def training_dataset(
     group_name="training",
     kinds={"polars"},
     code_version=CODE_VERSION,
+    backfill_policy=PARTITION_BATCH,
 )
 def walk_forward_splits(
-    context: dg.AssetExecutionContext, config: SplitsConfig, training_dataset: pl.DataFrame
-) -> dg.Output[pl.DataFrame]:
+    context: dg.AssetExecutionContext,
+    config: SplitsConfig,
+    training_dataset: dict[str, pl.DataFrame],
+):
     """The validation folds as data: per fold its train/test boundaries, row counts, purged and
     embargoed rows and exact row lists; the last row (fold -1) is the hold-out. Purging uses each
     row's label span [t0, t1]: no training span overlaps a test span."""
-    frame = training_dataset
+    yield from emit(
+        context,
+        {
+            key: _splits_of(context, config, inputs_of(training_dataset, key), key)
+            for key, _, _ in step_partitions(context)
+        },
+    )
+
+
+def _splits_of(
+    context: dg.AssetExecutionContext, config: SplitsConfig, frame: pl.DataFrame, key: str
+) -> PartitionOutput:
     split = config.split_config(frame.height)
     try:
         plan = _split_plan(split, frame)
     except SplitConfigError as exc:  # too few rows: recorded; training skips this partition
-        context.log.warning(f"{context.partition_key}: no folds: {exc}")
+        context.log.warning(f"{key}: no folds: {exc}")
         plan = SplitPlan(split.scheme, np.arange(frame.height), np.empty(0, dtype=np.int64), 0, [])
     table = split_plan_frame(plan, frame["timestamp"])
-    return dg.Output(
+    return PartitionOutput(
         table,
         metadata={
+            "dagster/row_count": table.height,
             "scheme": plan.scheme,
             "folds": len(plan.folds),
             "dev_rows": int(plan.dev_idx.size),
@@ -285,7 +322,24 @@ def log_training_run(
         threshold = choose_long_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
     else:
         threshold = 0.5
-    tags = {**tags, "decision_threshold": f"{threshold:.2f}"}
+    # the trials behind this training (its configuration x the thresholds its search compared),
+    # which the evaluation's deflated Sharpe ratio and PBO count
+    config_id = model_config_id(
+        result.config.model_type,
+        result.config.model_params(),
+        result.config.seed,
+        result.config.calibration,
+        dataset.target,
+    )
+    searched = oof_ret is not None and dataset.target == "take_profit"
+    trials = training_trial_record(
+        config_id,
+        {"model_type": result.config.model_type, "params": result.config.model_params()},
+        result.oof["prob_cal"].to_numpy() if not result.oof.is_empty() else np.empty(0),
+        oof_ret if searched and not result.oof.is_empty() else None,
+        threshold,
+    )
+    tags = {**tags, "decision_threshold": f"{threshold:.2f}", "config_id": config_id}
     workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
     with tracker.run(experiment, run_name, tags) as run_id:
         tracker.log_params(
@@ -342,6 +396,11 @@ def log_training_run(
         tracker.log_frame(run_id, result.fold_metrics, "fold_metrics.csv")
         if result.calibrator is not None:
             tracker.log_dict(run_id, result.calibrator.to_dict(), "calibrator.json")
+        if not result.oof.is_empty():
+            tracker.log_dict(run_id, trials, TRIALS_ARTIFACT)
+            oof_path = workdir / OOF_ARTIFACT
+            oof_predictions_frame(result.oof).write_parquet(oof_path)
+            tracker.log_file(run_id, oof_path)
         for name, payload in (extra_artifacts or {}).items():
             tracker.log_dict(run_id, payload, name)
         card = render_model_card(
@@ -387,11 +446,6 @@ def log_training_run(
         **{k: float(v) for k, v in result.holdout_metrics.items()},
     }
     return record, plot
-
-
-def _as_output(frame_and_metadata: tuple[pl.DataFrame, dict[str, Any]]) -> dg.Output:
-    frame, metadata = frame_and_metadata
-    return dg.Output(frame, metadata=metadata)
 
 
 def _skipped_output(
@@ -440,29 +494,13 @@ def _trained_output(
     )
 
 
-#: a retrain backfill runs this many partitions per run (Dagster run start-up costs seconds each)
-RETRAIN_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
-
-
 def batch_output(
     context: dg.AssetExecutionContext, outputs: dict[str, tuple[pl.DataFrame, dict[str, Any]]]
-) -> dg.Output:
-    """One partition: its frame with its own metadata. Several (a batched retrain run): a dict
-    of frames for the IO manager, and a table of every partition's metadata."""
-    if len(outputs) == 1 and context.has_partition_key:
-        frame, metadata = next(iter(outputs.values()))
-        return dg.Output(frame, metadata=metadata)
-    shown = ("status", "version", "version_label", "mode", "reason", "decision")
-    rows = [
-        {"partition": key, **{k: str(m[k]) for k in shown if k in m}}
-        for key, (_, m) in outputs.items()
-    ]
-    return dg.Output(
-        {key: frame for key, (frame, _) in outputs.items()},
-        metadata={
-            "partitions": len(outputs),
-            "batch": dg.MetadataValue.md(markdown_table(pl.DataFrame(rows), max_rows=len(rows))),
-        },
+):
+    """The events of a step over several partitions' (frame, metadata) pairs (see batching.emit)."""
+    return emit(
+        context,
+        {key: PartitionOutput(frame, metadata) for key, (frame, metadata) in outputs.items()},
     )
 
 
@@ -474,7 +512,7 @@ def batch_output(
     code_version=CODE_VERSION,
     pool="mlflow",
     tags={"quant_assets/kind": "training"},
-    backfill_policy=RETRAIN_BACKFILL_POLICY,
+    backfill_policy=PARTITION_BATCH,
 )
 def challenger_model(
     context: dg.AssetExecutionContext,
@@ -484,7 +522,7 @@ def challenger_model(
     artifacts: ArtifactStore,
     trading_store: TradingStoreResource,
     retrain_rules: RetrainRulesResource,
-) -> dg.Output:
+):
     """A model trained with purged cross-validation, calibrated on its out-of-fold predictions and
     refit on every development row, logged to MLflow and registered as a new version of
     `direction.<SYMBOL>.<timeframe>` with the alias `challenger`. The stored record names that version.
@@ -512,7 +550,7 @@ def challenger_model(
             mode,
             trigger,
         )
-    return batch_output(context, outputs)
+    yield from batch_output(context, outputs)
 
 
 def _train_partition(
@@ -565,6 +603,39 @@ def _train_partition(
             mode, result = "complete", None
     if why_complete:
         context.log.info(f"{key}: {why_complete}")
+    name = registered_model_name(symbol, timeframe)
+    model_config = config.to_model_config()
+    identity = {
+        "data_version": dataset_fingerprint(frame),
+        "splits_version": dataset_fingerprint(plan_table.drop("train_rows", "test_rows")),
+        "config_id": model_config_id(
+            model_config.model_type,
+            model_config.model_params(),
+            model_config.seed,
+            model_config.calibration,
+            dataset.target,
+        ),
+        "code_version": CODE_VERSION,
+    }
+    existing = reusable_version(tracker, name, identity) if mode == "complete" else None
+    if existing is not None:
+        # same data, splits, configuration and code: the model would be the same; no new trial
+        tracker.set_alias(name, ALIAS_CHALLENGER, existing)
+        why = (
+            f"reused {name} v{existing}: trained on the same data version, splits, configuration "
+            "and code version; no new version registered"
+        )
+        context.log.info(f"{key}: {why}")
+        record = reused_record(tracker, name, existing)
+        record.update(symbol=symbol, timeframe=timeframe, mode="reused", retrain_reasons=reasons)
+        return pl.DataFrame([record]), {
+            "status": "trained",
+            "reused": why,
+            "registered_model": name,
+            "version": existing,
+            "alias": ALIAS_CHALLENGER,
+            "mlflow_run_id": record["run_id"],
+        }
     if result is None:
         result = train_with_cv(
             dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
@@ -588,7 +659,6 @@ def _train_partition(
         incremental_steps=status.state.incremental_steps + 1 if mode == "incremental" else 0,
         version_label=label,
     )
-    name = registered_model_name(symbol, timeframe)
     record, plot = log_training_run(
         tracker,
         experiment="challenger_model",
@@ -607,6 +677,7 @@ def _train_partition(
                 market_data.describe(),
             ),
             **model_state_tags(state, trained_through, mode, reasons),
+            "splits_version": identity["splits_version"],
             **(
                 {
                     "base_version": status.version or "",
@@ -671,44 +742,66 @@ def _training_quality(
 
 @dg.asset(
     partitions_def=timeframe_partitions,
-    ins={"training_dataset": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    deps=[dg.AssetDep(training_dataset, partition_mapping=BY_TIMEFRAME)],
     group_name="training",
     kinds={"lightgbm", "mlflow"},
     code_version=CODE_VERSION,
     pool="mlflow",
     tags={"quant_assets/kind": "training"},
+    backfill_policy=TIMEFRAME_BATCH,
 )
 def global_challenger_model(
     context: dg.AssetExecutionContext,
     config: GlobalTrainingConfig,
     mlflow: MlflowResource,
     market_data: MarketDataResource,
-    training_dataset: dict[str, pl.DataFrame],
-) -> dg.Output[pl.DataFrame]:
+    artifacts: ArtifactStore,
+):
     """One model per timeframe trained on every symbol's dataset (time-sorted union, purged across
     symbols by time), with a calibrator per symbol fitted on that symbol's out-of-fold predictions;
-    registered as `direction_global.<timeframe>` with the alias `challenger`."""
-    timeframe = context.partition_key
-    datasets = {
-        key.split("|", 1)[0]: dataset_from_frame(frame, symbol=key.split("|", 1)[0])
-        for key, frame in training_dataset.items()
-        if frame.height
-    }
+    registered as `direction_global.<timeframe>` with the alias `challenger`. At most
+    `max_rows_per_symbol` (the latest) rows of each symbol are read, which bounds memory."""
+    symbols = registered_symbols(context.instance)
+    yield from batch_output(
+        context,
+        {
+            timeframe: _train_global(
+                context, config, mlflow, market_data, artifacts, symbols, timeframe
+            )
+            for timeframe in context.partition_keys
+        },
+    )
+
+
+def _train_global(
+    context: dg.AssetExecutionContext,
+    config: GlobalTrainingConfig,
+    mlflow: MlflowResource,
+    market_data: MarketDataResource,
+    artifacts: ArtifactStore,
+    symbols: list[str],
+    timeframe: str,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    datasets = {}
+    for symbol in symbols:
+        frame = artifacts.read_partition("training_dataset", symbol, timeframe)
+        if frame is not None and frame.height:
+            datasets[symbol] = dataset_from_frame(
+                frame.tail(config.max_rows_per_symbol), symbol=symbol
+            )
     if not datasets:
-        return dg.Output(
-            *_skipped_output("", timeframe, "no symbol has a training dataset", context)
-        )
+        return _skipped_output("", timeframe, "no symbol has a training dataset", context)
     dataset = build_global_dataset(datasets)
     frame = dataset.frame
     try:
         plan = _split_plan(config.splits.split_config(frame.height), frame)
     except SplitConfigError as exc:
-        return _as_output(_skipped_output("", timeframe, str(exc), context))
+        return _skipped_output("", timeframe, str(exc), context)
     result = train_with_cv(
         dataset, plan, config.to_model_config(), min_rows=config.min_rows, log=context.log.info
     )
     if isinstance(result, SkippedTraining):
-        return _as_output(_skipped_output("", timeframe, result.reason, context))
+        return _skipped_output("", timeframe, result.reason, context)
     method = config.calibration if config.calibration != "none" else "isotonic"
     per_symbol = fit_per_symbol_calibrators(result.oof, method, pooled=result.calibrator)
     tracker = mlflow.get_tracker()
@@ -737,4 +830,4 @@ def global_challenger_model(
         },
     )
     record["symbols"] = ", ".join(sorted(datasets))
-    return _as_output(_trained_output(record, plot, tracker, result.fold_metrics))
+    return _trained_output(record, plot, tracker, result.fold_metrics)

@@ -33,14 +33,20 @@ class MarketDataResource(dg.ConfigurableResource):
     synthetic_end: str = ""
     """Last bar time (ISO, UTC) of the synthetic source; empty = the current hour."""
     postgres_table: str = "trading.historical_data"
+    allow_history_rewrite: bool = False
+    """Accept a source that rewrote stored bars (reloaded in full, recorded); default: refuse."""
 
     def describe(self) -> str:
-        """The source with the settings that determine its data (recorded on trained models)."""
+        """The source with the settings that determine its data (recorded on trained models),
+        passwords masked."""
+        from quant_assets.lib.sources import source_identity
+
         if self.source.strip().lower() == "synthetic":
             walk = ", random walk" if self.synthetic_random_walk else ""
             end = f", end={self.synthetic_end}" if self.synthetic_end else ""
             return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{end}{walk})"
-        return self.source
+        postgres = self.source.strip().lower().startswith("postgres")
+        return source_identity(self.source, table=self.postgres_table if postgres else None)
 
     def get_source(self) -> MarketDataSource:
         kind = self.source.strip().split(":", 1)[0].lower()
@@ -65,9 +71,25 @@ class ArtifactStore(dg.ConfigurableResource):
     def path(self, asset: str, symbol: str, timeframe: str) -> Path:
         return partition_path(self.root, dg.AssetKey(asset), f"{symbol}|{timeframe}")
 
-    def read_partition(self, asset: str, symbol: str, timeframe: str) -> pl.DataFrame | None:
+    def read_partition(
+        self, asset: str, symbol: str, timeframe: str, columns: tuple[str, ...] | None = None
+    ) -> pl.DataFrame | None:
+        """The stored partition (only `columns` when given), None when it was never written."""
         path = self.path(asset, symbol, timeframe)
-        return read_parquet(path) if path.exists() else None
+        if not path.exists():
+            return None
+        return pl.read_parquet(path, columns=list(columns)) if columns else read_parquet(path)
+
+    def read_ranks(self, symbol: str, timeframe: str) -> pl.DataFrame:
+        """One symbol's rows of the timeframe's `cross_sectional_ranks` (the filter is pushed down
+        to the Parquet reader, so a universe of hundreds of symbols is never loaded whole)."""
+        path = partition_path(self.root, dg.AssetKey("cross_sectional_ranks"), timeframe)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"cross_sectional_ranks partition {timeframe} has not been materialized "
+                f"(no file at {path})"
+            )
+        return pl.scan_parquet(path).filter(pl.col("symbol") == symbol).collect()
 
     def require_partition(self, asset: str, symbol: str, timeframe: str) -> pl.DataFrame:
         frame = self.read_partition(asset, symbol, timeframe)
@@ -162,6 +184,7 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
             synthetic_random_walk=settings.synthetic_random_walk,
             synthetic_end=settings.synthetic_end,
             postgres_table=settings.postgres_table,
+            allow_history_rewrite=settings.allow_history_rewrite,
         ),
         "artifacts": ArtifactStore(root=root),
         "io_manager": ParquetIOManager(root=root),

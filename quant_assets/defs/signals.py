@@ -6,11 +6,15 @@ import json
 import dagster as dg
 import polars as pl
 
-from quant_assets.defs.conditions import FOLLOWS_UPSTREAM, PROMOTES_WHEN_GATES_PASS
+from quant_assets.defs.batching import each_partition
+from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.models import BY_TIMEFRAME
-from quant_assets.defs.partitions import symbol_and_timeframe, symbol_timeframe_partitions
+from quant_assets.defs.partitions import (
+    PARTITION_BATCH,
+    symbol_and_timeframe,
+    symbol_timeframe_partitions,
+)
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
-from quant_assets.defs.runs import RUNS_LAST_TAG
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
 from quant_assets.lib.registry_ops import promote_version
 from quant_assets.lib.reporting import markdown_table
@@ -19,32 +23,53 @@ from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
 @dg.asset(
-    automation_condition=PROMOTES_WHEN_GATES_PASS,
+    automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
+    backfill_policy=PARTITION_BATCH,
     group_name="promotion",
     kinds={"mlflow"},
     code_version="1",
 )
+@each_partition
 def champion(
     context: dg.AssetExecutionContext,
     mlflow: MlflowResource,
     trading_store: TradingStoreResource,
     champion_challenger_evaluation: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
-    """Moves the registry alias `champion` to the challenger that passed every gate (the blocking
-    `promotion_gates` check keeps this step from running otherwise), keeps the previous one as
-    `prior_champion`, tags the version with the decision and appends it to promotion_log."""
+    """The model in service after the latest evaluation. A challenger that passed every gate
+    becomes the champion: the registry alias `champion` moves to it, the previous one is kept as
+    `prior_champion`, the version is tagged with the decision and promotion_log gets a row. A
+    rejected challenger (or none) leaves the champion as it was, and this records that decision:
+    a rejection is a successful materialization, not a failure."""
     symbol, timeframe = symbol_and_timeframe(context)
     row = champion_challenger_evaluation.row(0, named=True)
+    tracker = mlflow.get_tracker()
+    name = row.get("model_name") or registered_model_name(symbol, timeframe)
     if row["decision"] != "promote":
-        raise dg.Failure(
-            f"{context.partition_key}: the latest evaluation decided {row['decision']!r} "
-            f"({row['reason']}); only a challenger that passed every gate can be promoted"
+        current = tracker.aliases(name).get(ALIAS_CHAMPION) if row.get("model_name") else None
+        record = {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "decision": "keep",
+            "champion": current or "",
+            "prior_champion": "",
+            "reason": f"challenger not promoted ({row['decision']}): {row['reason']}",
+        }
+        context.log.info(f"{context.partition_key}: {record['reason']}")
+        return dg.Output(
+            pl.DataFrame([record]),
+            metadata={
+                "decision": "keep",
+                "champion": current or "none",
+                "registered_model": name,
+                "reason": record["reason"],
+            },
         )
     result = promote_version(
-        mlflow.get_tracker(),
+        tracker,
         trading_store.get_store(),
-        row["model_name"],
+        name,
         row["challenger_version"],
         symbol=symbol,
         timeframe=timeframe,
@@ -55,11 +80,23 @@ def champion(
         dagster_run_id=context.run.run_id,
     )
     return dg.Output(
-        pl.DataFrame([{**result, "symbol": symbol, "timeframe": timeframe}]),
+        pl.DataFrame(
+            [
+                {
+                    "symbol": symbol,
+                    "timeframe": timeframe,
+                    "decision": "promote",
+                    "champion": result["champion"],
+                    "prior_champion": result["prior_champion"] or "",
+                    "reason": row["reason"],
+                }
+            ]
+        ),
         metadata={
+            "decision": "promote",
             "champion": result["champion"],
             "prior_champion": result["prior_champion"] or "none",
-            "registered_model": row["model_name"],
+            "registered_model": name,
             "reason": row["reason"],
         },
     )
@@ -81,12 +118,19 @@ class SignalsConfig(dg.Config):
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
-    ins={"cross_sectional_ranks": dg.AssetIn(partition_mapping=BY_TIMEFRAME)},
+    backfill_policy=PARTITION_BATCH,
+    # the model served (champion, or the ensemble when it beat the champion's gates) is read from
+    # the registry and the ensemble's record; these edges make the lineage walkable in the UI
+    deps=[
+        dg.AssetDep("cross_sectional_ranks", partition_mapping=BY_TIMEFRAME),
+        champion,
+        "ensemble_signals",
+    ],
     group_name="signals",
     kinds={"sql"},
     code_version="1",
-    tags={RUNS_LAST_TAG: "true"},
 )
+@each_partition
 def signals(
     context: dg.AssetExecutionContext,
     config: SignalsConfig,
@@ -95,7 +139,6 @@ def signals(
     artifacts: ArtifactStore,
     ohlcv: pl.DataFrame,
     features: pl.DataFrame,
-    cross_sectional_ranks: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
     """The champion's calibrated `prob_up` on the latest bars, with side, strength and ATR-based
     stop-loss and take-profit; every row names the registered model, version and MLflow run.
@@ -107,6 +150,7 @@ def signals(
     tracker = mlflow.get_tracker()
     name = registered_model_name(symbol, timeframe)
     version = tracker.aliases(name).get(ALIAS_CHAMPION)
+    cross_sectional_ranks = artifacts.read_ranks(symbol, timeframe)
     if not version:
         reason = f"no champion: {name} has no `champion` alias yet"
         context.log.info(f"{context.partition_key}: {reason}")

@@ -41,3 +41,28 @@ class SplitConfigError(QuantAssetsError, ValueError):
 
 class InvalidSourceSpecError(QuantAssetsError, ValueError):
     """A market data source spec string (`synthetic`, `files:<dir>`, `postgres:<url>`) is malformed."""
+
+
+class InvalidPartitionKeyError(InvalidSymbolError):
+    """A partition key (registered from the UI, GraphQL or a sensor) is not `SYMBOL|timeframe` with a
+    normalised symbol and a known timeframe, or would build a path outside the artifacts root."""
+
+
+class HistoryConflictError(QuantAssetsError, ValueError):
+    """A source's bars contradict the stored partition (shrunk, rewritten, or dated in the future);
+    the stored partition is kept. The message names the symbol, the first differing timestamp and
+    the stored and new values."""
+
+
+class MarketDataUnavailableError(QuantAssetsError):
+    """A market data source cannot be read: server unreachable, table or column missing. The message
+    names the host or table, never a password."""
+
+
+class PromotionConflictError(QuantAssetsError, ValueError):
+    """A promotion or rollback was refused because it would not do what was asked (the version is
+    already champion, a rollback of a rollback without asking for it explicitly)."""
+
+
+class ModelIntegrityError(QuantAssetsError):
+    """A registered model's artifact does not match the hash recorded when it was registered."""

@@ -973,3 +973,83 @@ def meta_frame(
         .with_columns(pl.col("timestamp").alias("t0"))
         .sort("timestamp")
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# degenerate partitions
+
+
+def degenerate_meta_input(frame: pl.DataFrame, config: MetaConfig | None = None) -> str | None:
+    """Why `train_meta_learners` cannot train on `frame` (a `meta_frame`) at all, or None.
+
+    A partition whose prices never move or whose history is shorter than the features' warm-up
+    plus the label horizon leaves no row to split; `meta_learner` skips it with this reason (as
+    `challenger_model` does) instead of failing in the split. The rows checked are exactly those
+    `train_meta_learners` fits on.
+    """
+    config = config or MetaConfig()
+    reason = _degenerate_bars(frame)
+    if reason:
+        return reason
+    features, names = meta_features(frame)
+    labelled = frame.select(
+        pl.col(config.target).is_not_null() & pl.col("t1").is_not_null()
+    ).to_series()
+    return _unsplittable(frame, labelled, features, names, config.splits, config.lookback_bars)
+
+
+def degenerate_filter_input(
+    frame: pl.DataFrame, primary: Primary, config: MetaFilterConfig | None = None
+) -> str | None:
+    """Why `train_meta_filter` cannot train on `frame` for `primary` at all, or None: no bars, no
+    price movement, a filter feature undefined on every bar (volume_ratio_20 when the volume is
+    zero throughout), or too few labelled bars where the primary trades to split."""
+    config = config or MetaFilterConfig()
+    reason = _degenerate_bars(frame)
+    if reason:
+        return reason
+    features, names = filter_features(frame, primary, config.min_agreement)
+    undefined = [c for c in names if features[c].fill_nan(None).null_count() == features.height]
+    if undefined:
+        zero_volume = "volume_ratio_20" in undefined
+        why = " (the volume is zero on every bar)" if zero_volume else ""
+        return f"filter feature(s) {', '.join(undefined)} undefined on all {frame.height} bars{why}"
+    trades = frame.select(pl.col("y").is_not_null() & pl.col("t1").is_not_null()).to_series() & (
+        features["primary_side"].fill_null(0) != 0
+    )
+    return _unsplittable(frame, trades, features, names, config.splits, None)
+
+
+def _degenerate_bars(frame: pl.DataFrame) -> str | None:
+    if frame.is_empty():
+        return "no bar is present in all of ohlcv, features, primary_signals, regime and labels"
+    if frame["close"].n_unique() == 1 and frame["high"].max() == frame["low"].min():
+        return f"prices are constant ({frame['close'][0]!r}) on all {frame.height} bars"
+    return None
+
+
+def _unsplittable(
+    frame: pl.DataFrame,
+    candidates: pl.Series,
+    features: pl.DataFrame,
+    names: list[str],
+    splits: SplitConfig,
+    lookback_bars: int | None,
+) -> str | None:
+    from quant_assets.lib.errors import SplitConfigError
+
+    complete = features.select(_complete(names)).to_series().fill_null(False)
+    usable = frame.filter(candidates & complete)
+    if lookback_bars is not None:
+        usable = usable.tail(lookback_bars)
+    if usable.is_empty():
+        return (
+            f"none of the {frame.height} bars is usable: {int(candidates.sum())} are labelled "
+            f"candidates, {int(complete.sum())} have complete features (history shorter than "
+            "the warm-up and the label horizon, or features undefined on this data)"
+        )
+    try:
+        _plan(usable, splits)
+    except SplitConfigError as exc:
+        return f"{usable.height} usable bars are too few to split: {exc}"
+    return None

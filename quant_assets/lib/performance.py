@@ -30,7 +30,10 @@ DSR = PSR(SR*) with SR* = sqrt(V) ((1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 
 expected maximum Sharpe of N independent zero-mean trials (Bailey & Lopez de Prado 2014), gamma
 the Euler-Mascheroni constant, V the variance of the trials' per-period Sharpe ratios. When V is
 unknown it is the variance of this Sharpe estimate, (1 - g3 SR + (g4 - 1) / 4 SR^2) / (n - 1).
-N = 1 means no selection: SR* = 0 and DSR = PSR(0).
+N = 1 means no selection: SR* = 0 and DSR = PSR(0). The champion/challenger evaluation passes the
+partition's trials: N = every (model configuration, threshold candidate) fitted or compared for it
+and V the variance of their out-of-fold Sharpe ratios (lib.trials); MinTRL and PBO live in
+lib.overfitting.
 """
 
 from __future__ import annotations

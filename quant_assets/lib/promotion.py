@@ -1,4 +1,6 @@
-"""Champion/challenger promotion gates: absolute quality bars, plus "beats the champion" when one exists.
+"""Champion/challenger promotion gates: absolute quality bars, "beats the champion" when one exists,
+and, given the selection statistics of `trials`, the gates a statistician would ask for: deflated
+Sharpe ratio of the best of N trials, minimum track record length, profitable folds and PBO.
 
 Metric names are those of `performance.performance_metrics` (sortino, profit_factor, max_drawdown
 as a positive fraction, trade_count, total_return, sharpe) and `metrics.classification_metrics` (ece).
@@ -9,8 +11,9 @@ counts as "not better" and the other comparison may still pass it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 PROMOTE = "promote"
@@ -35,9 +38,30 @@ class GateConfig:
     # The challenger's max drawdown may exceed the champion's by at most this much.
     champion_drawdown_tolerance: float = 0.01
     require_beat_champion: bool = True
+    # Selection gates (used when evaluate_gates gets SelectionStats):
+    min_dsr: float = 0.95
+    """Deflated Sharpe ratio of the selected trial's out-of-fold returns, N and V of every trial."""
+    min_trl_confidence: float = 0.95
+    """The hold-out must be at least the minimum track record length for this confidence..."""
+    min_trl_benchmark_sharpe: float = 0.0
+    """...that the true annualized Sharpe exceeds this benchmark."""
+    min_profitable_folds: float = 0.8
+    """Share of validation folds whose out-of-fold backtest made money (0.8 = 4 of 5 folds)."""
+    max_pbo: float = 0.5
+    """Probability of backtest overfitting (CSCV across the trials), when there are enough trials:
+    above 0.5 the in-sample choice more often than not trails the median trial out of sample.
+    Stricter caps reject real edges: when every threshold candidate shares the edge their ranking
+    is noise (benchmarks/bench_false_promotion.py: 0.2 failed 13 of 24 planted partitions on PBO
+    alone, while 0 of 200 random walks were promoted with or without it)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_drawdown", "max_ece"):
+        for name in (
+            "max_drawdown",
+            "max_ece",
+            "min_dsr",
+            "min_profitable_folds",
+            "max_pbo",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"GateConfig.{name} must be a fraction in [0, 1], got {value}")
@@ -59,9 +83,12 @@ class Gate:
     op: str
     passed: bool
     detail: str = ""
+    applicable: bool = True
 
     def describe(self) -> str:
-        """E.g. "1.53 >= 1.2: pass"."""
+        """E.g. "1.53 >= 1.2: pass", or "not applicable (reason)"."""
+        if not self.applicable:
+            return f"not applicable ({self.detail})"
         text = self.detail or f"{self.value:.4g} {self.op} {self.threshold:.4g}"
         return f"{text}: {'pass' if self.passed else 'fail'}"
 
@@ -97,6 +124,7 @@ class GateDecision:
                 "op": g.op,
                 "threshold": g.threshold,
                 "passed": g.passed,
+                "applicable": g.applicable,
                 "detail": g.describe(),
             }
             for g in self.gates
@@ -117,10 +145,84 @@ def _compare(name: str, value: float, op: str, threshold: float) -> Gate:
     return Gate(name, value, threshold, op, passed)
 
 
+@dataclass(frozen=True)
+class SelectionStats:
+    """The evidence behind the selection gates (see lib.trials and lib.overfitting).
+
+    dsr: deflated Sharpe ratio of the selected trial's out-of-fold returns, with n_trials (N) and
+    trials_variance (V, per-period Sharpe ratios). track_record / min_track_record: hold-out
+    periods and the MinTRL of the hold-out returns (periods; inf when its Sharpe is not above the
+    benchmark). profitable_fold_share of n_folds. pbo: CSCV probability of backtest overfitting,
+    None when not computed, `pbo_reason` saying why.
+    """
+
+    dsr: float
+    n_trials: int
+    trials_variance: float
+    track_record: float
+    min_track_record: float
+    profitable_fold_share: float
+    n_folds: int
+    pbo: float | None
+    pbo_reason: str = ""
+
+
+def _selection_gates(stats: SelectionStats, config: GateConfig) -> list[Gate]:
+    dsr = _compare("dsr", stats.dsr, ">=", config.min_dsr)
+    trl = _compare("min_trl", stats.track_record, ">=", stats.min_track_record)
+    folds = _compare(
+        "profitable_folds", stats.profitable_fold_share, ">=", config.min_profitable_folds
+    )
+    gates = [
+        dataclasses.replace(
+            dsr,
+            detail=f"DSR {stats.dsr:.4g} >= {config.min_dsr:.4g} "
+            f"(N={stats.n_trials} trials, V={stats.trials_variance:.3g})",
+        ),
+        dataclasses.replace(
+            trl,
+            detail=f"hold-out {stats.track_record:.0f} periods >= MinTRL "
+            f"{stats.min_track_record:.4g} (confidence {config.min_trl_confidence:.4g})",
+        ),
+        dataclasses.replace(
+            folds,
+            detail=f"{stats.profitable_fold_share:.4g} of {stats.n_folds} folds profitable >= "
+            f"{config.min_profitable_folds:.4g}",
+        ),
+    ]
+    if stats.pbo is None:
+        gates.append(
+            Gate("pbo", math.nan, config.max_pbo, "<=", True, stats.pbo_reason, applicable=False)
+        )
+    else:
+        gates.append(_compare("pbo", stats.pbo, "<=", config.max_pbo))
+    return gates
+
+
+def ensemble_calibration(used_eces: Sequence[float]) -> tuple[float, dict[str, str]]:
+    """The ECE an ensemble's calibration gate judges, and the gates not applicable to it.
+
+    The ensemble's calibration is that of the meta-learners it uses: the worst of their ECEs.
+    When no meta-learner is in use (every regime fell back to voting) the gate is not applicable
+    with that reason, instead of passing on a vacuous ECE of 0:
+    `evaluate_gates(metrics | {"ece": ece}, champion, config, not_applicable=not_applicable)`.
+    """
+    used = [float(e) for e in used_eces]
+    if not used:
+        return math.nan, {
+            "ece": "no meta-learner in use: every regime fell back to voting, which has no "
+            "probability to calibrate"
+        }
+    return max(used), {}
+
+
 def evaluate_gates(
     challenger: Mapping[str, float],
     champion: Mapping[str, float] | None,
     config: GateConfig,
+    *,
+    selection: SelectionStats | None = None,
+    not_applicable: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """Gate the challenger's out-of-sample metrics; with no champion the absolute gates decide.
 
@@ -128,10 +230,16 @@ def evaluate_gates(
     config.max_drawdown, ece <= max_ece, trade_count >= min_trades. With a champion also:
     beats_champion (total_return or sharpe strictly above the champion's; skipped when
     require_beat_champion is False) and drawdown_vs_champion (max_drawdown <= champion's +
-    champion_drawdown_tolerance).
+    champion_drawdown_tolerance). With `selection`: dsr >= min_dsr, min_trl (hold-out periods >=
+    MinTRL), profitable_folds >= min_profitable_folds and pbo <= max_pbo (not applicable without a
+    PBO). `not_applicable`: absolute gates (by name) that do not apply, with the reason; they are
+    recorded as such and do not block.
     """
+    skip = dict(not_applicable or {})
 
     def ours(key: str) -> float:
+        if key == "ece" and "ece" in skip:
+            return math.nan
         return _metric(challenger, key, "challenger")
 
     gates = [
@@ -141,6 +249,20 @@ def evaluate_gates(
         _compare("ece", ours("ece"), "<=", config.max_ece),
         _compare("trades", ours("trade_count"), ">=", float(config.min_trades)),
     ]
+    unknown = set(skip) - {g.name for g in gates}
+    if unknown:
+        raise ValueError(
+            f"not_applicable names unknown gate(s) {sorted(unknown)}; absolute gates are "
+            f"{[g.name for g in gates]}"
+        )
+    gates = [
+        Gate(g.name, g.value, g.threshold, g.op, True, skip[g.name], applicable=False)
+        if g.name in skip
+        else g
+        for g in gates
+    ]
+    if selection is not None:
+        gates.extend(_selection_gates(selection, config))
     if champion is not None:
 
         def theirs(key: str) -> float:

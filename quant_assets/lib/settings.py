@@ -73,6 +73,14 @@ class Settings:
     max_incremental_steps: int = 5
     #: URL that alerts are POSTed to as JSON (retried, with a timeout); empty = table and log only
     alert_webhook_url: str = ""
+    #: Dagster runs executing at once (the run queue's limit); 0 = one per CPU core
+    max_concurrent_runs: int = 0
+    #: symbols per batched run of a backfill (each with every timeframe); 0 = spread the watchlist
+    #: over the concurrent runs (at most 16 symbols a run)
+    symbols_per_run: int = 0
+    #: accept a source whose history contradicts stored bars (dropped or changed bars) and reload
+    #: the partition in full, recorded in its metadata; false = refuse, keeping the stored bars
+    allow_history_rewrite: bool = False
     #: where this came from, for logs
     origin: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -90,6 +98,11 @@ class Settings:
     @property
     def watchlist_path(self) -> Path:
         return self.resolved_path(self.watchlist)
+
+    @property
+    def run_slots(self) -> int:
+        """Runs the queue executes at once: the setting, or one per CPU core."""
+        return self.max_concurrent_runs if self.max_concurrent_runs > 0 else os.cpu_count() or 1
 
     @property
     def mlflow_uri(self) -> str:
@@ -122,6 +135,9 @@ _ENV = {
     "degradation_tolerance": "QUANT_ASSETS_DEGRADATION_TOLERANCE",
     "max_incremental_steps": "QUANT_ASSETS_MAX_INCREMENTAL_STEPS",
     "alert_webhook_url": "QUANT_ASSETS_ALERT_WEBHOOK_URL",
+    "allow_history_rewrite": "QUANT_ASSETS_ALLOW_HISTORY_REWRITE",
+    "max_concurrent_runs": "QUANT_ASSETS_MAX_CONCURRENT_RUNS",
+    "symbols_per_run": "QUANT_ASSETS_SYMBOLS_PER_RUN",
 }
 ENV_VARS: dict[str, str] = dict(_ENV)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from quant_assets.lib.errors import InvalidPartitionKeyError
+
 
 def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write `frame` to `path` so a reader sees either the old file or the new one, never half."""
@@ -24,6 +26,18 @@ def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike[str]) -> P
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    return target
+
+
+def safe_artifact_path(root: str | os.PathLike[str], *parts: str) -> Path:
+    """`root/part/...`, resolved, or InvalidPartitionKeyError when it would land outside `root`
+    (a `..`, an absolute part or a symlink leading elsewhere)."""
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    if not target.is_relative_to(base) or target == base:
+        raise InvalidPartitionKeyError(
+            f"path {'/'.join(parts)!r} resolves to {target}, outside the artifacts root {base}"
+        )
     return target
 
 

@@ -3,9 +3,12 @@ SQLAlchemy Core: SQLite under the artifacts root by default, PostgreSQL when giv
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,13 @@ from quant_assets.lib.errors import DataValidationError
 from quant_assets.lib.sources.postgres import engine_url
 
 PROMOTION_ACTIONS = ("promote", "reject", "manual_promote", "rollback")
+#: actions that move the champion alias (a reject only records a decision)
+MOVING_ACTIONS = ("promote", "manual_promote", "rollback")
 PROMOTION_DECIDERS = ("gates", "cli")
 ALERT_SEVERITIES = ("info", "warning", "error", "critical")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: how long a promotion waits for another one holding the registry lock
+REGISTRY_LOCK_TIMEOUT_SECONDS = 120.0
 
 
 def sql_url_for(spec: str | None, artifacts_root: Path) -> str:
@@ -240,9 +247,11 @@ class TradingStore:
         prior_version: str | None = None,
         dagster_run_id: str | None = None,
         decided_at: datetime | None = None,
+        connection: sa.Connection | None = None,
     ) -> int:
         """Append one promotion decision (action in PROMOTION_ACTIONS, decided_by in
-        PROMOTION_DECIDERS, gates stored as JSON); returns its id."""
+        PROMOTION_DECIDERS, gates stored as JSON); returns its id. With `connection` (from
+        `registry_lock`) the row is written in that transaction."""
         if action not in PROMOTION_ACTIONS:
             raise ValueError(f"promotion action {action!r} is not one of {PROMOTION_ACTIONS}")
         if decided_by not in PROMOTION_DECIDERS:
@@ -260,9 +269,67 @@ class TradingStore:
             "gates_json": json.dumps(dict(gates or {}), sort_keys=True, default=str),
             "dagster_run_id": dagster_run_id,
         }
-        with self.engine.begin() as connection:
+        if connection is not None:
             result = connection.execute(promotion_log.insert().values(values))
             return int(result.inserted_primary_key[0])
+        with self.engine.begin() as own:
+            result = own.execute(promotion_log.insert().values(values))
+            return int(result.inserted_primary_key[0])
+
+    @contextmanager
+    def registry_lock(
+        self, name: str, timeout: float = REGISTRY_LOCK_TIMEOUT_SECONDS
+    ) -> Iterator[sa.Connection]:
+        """A transaction holding the promotion lock of registered model `name`; yields its
+        connection, commits when the block ends (rolls back on an error), then releases the lock.
+
+        Promotions and rollbacks read the aliases, move them, tag the version and append the log
+        row inside it, so they happen one at a time and the log chains like the aliases moved.
+        PostgreSQL: a transaction-scoped advisory lock keyed by `name`. SQLite: BEGIN IMMEDIATE
+        (the database's write lock; SQLite has no finer one), retried until `timeout`.
+        """
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as connection:
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(name)}
+                )
+                yield connection
+            return
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                    break
+                except sa.exc.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+            try:
+                yield connection
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+
+    def last_move(self, model_name: str, connection: sa.Connection | None = None) -> dict | None:
+        """The latest promotion_log row of `model_name` that moved the champion (promote,
+        manual_promote, rollback) as a dict, or None."""
+        query = (
+            sa.select(promotion_log)
+            .where(
+                promotion_log.c.model_name == model_name,
+                promotion_log.c.action.in_(MOVING_ACTIONS),
+            )
+            .order_by(promotion_log.c.id.desc())
+            .limit(1)
+        )
+        if connection is not None:
+            row = connection.execute(query).mappings().first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).mappings().first()
+        return dict(row) if row is not None else None
 
     def promotion_history(
         self,
@@ -381,6 +448,12 @@ class TradingStore:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return _frame_of(table, rows)
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for `name`, stable across processes and versions."""
+    digest = hashlib.sha256(f"quant_assets.promotion:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

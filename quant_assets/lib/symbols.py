@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from quant_assets.lib.errors import InvalidSymbolError
+from quant_assets.lib.errors import InvalidPartitionKeyError, InvalidSymbolError
+from quant_assets.lib.timeframes import TIMEFRAMES
 
 # Dagster drops multi-partition keys containing "|" silently and uses "," and "[" "]" in key ranges,
 # so those (and whitespace) are rejected outright rather than mapped.
@@ -40,3 +41,38 @@ def is_crypto_symbol(symbol: str) -> bool:
     """Crypto-style symbols (quoted in a coin or fiat pair, e.g. BTCUSDT) trade 24/7."""
     key = normalize_symbol(symbol)
     return any(key.endswith(q) and len(key) > len(q) for q in _CRYPTO_QUOTES)
+
+
+def validate_partition_key(key: object) -> tuple[str, str | None]:
+    """(symbol, timeframe) of a `SYMBOL|timeframe` key, or (key, None) of a one-dimension key (a
+    symbol or a timeframe), after checking it with the rule of `normalize_symbol`.
+
+    Keys reach steps from the UI, GraphQL and sensors without passing the CLI, so every place that
+    builds a path or a query from one checks it: the symbol must already be normalised (`BTCUSDT`,
+    never `btc/usdt` or `../x`), the timeframe one of TIMEFRAMES. Raises InvalidPartitionKeyError.
+    """
+    text = str(key)
+    symbol, sep, timeframe = text.partition("|")
+    if not sep:
+        if text in TIMEFRAMES:
+            return text, None
+        return _normalised_symbol(text, text), None
+    if timeframe not in TIMEFRAMES:
+        raise InvalidPartitionKeyError(
+            f"partition key {text!r}: unknown timeframe {timeframe!r}; expected one of "
+            f"{', '.join(TIMEFRAMES)}"
+        )
+    return _normalised_symbol(symbol, text), timeframe
+
+
+def _normalised_symbol(symbol: str, key: str) -> str:
+    try:
+        normal = normalize_symbol(symbol)
+    except InvalidSymbolError as exc:
+        raise InvalidPartitionKeyError(f"partition key {key!r}: {exc}") from None
+    if normal != symbol:
+        raise InvalidPartitionKeyError(
+            f"partition key {key!r}: symbol {symbol!r} is not a normalised partition key "
+            f"({normal!r}); register symbols with `quant-assets symbols add`"
+        )
+    return symbol

@@ -29,6 +29,43 @@ import pandas as pd
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
 ALIAS_PRIOR_CHAMPION = "prior_champion"
+#: model-version tag holding the SHA-256 of the model's artifact files, recorded at registration
+ARTIFACT_HASH_TAG = "artifact_sha256"
+
+
+# written by MLflow's client into a `models:/name/version` download, not stored with the model
+_DOWNLOAD_ONLY_FILES = frozenset({"registered_model_meta"})
+
+
+def directory_digest(path: str | Path) -> str:
+    """SHA-256 over every file under `path` (except the files MLflow's client adds to a download):
+    its relative name, size and bytes, in name order."""
+    import hashlib
+
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = (p for p in root.rglob("*") if p.is_file() and p.name not in _DOWNLOAD_ONLY_FILES)
+    for file in sorted(files):
+        data = file.read_bytes()
+        digest.update(f"{file.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def verify_model_artifact(name: str, version: str, recorded: str | None, local: str | Path) -> None:
+    """ModelIntegrityError when the artifact files at `local` do not hash to `recorded` (versions
+    registered before hashes were recorded have none and are not checked)."""
+    from quant_assets.lib.errors import ModelIntegrityError
+
+    if not recorded:
+        return
+    actual = directory_digest(local)
+    if actual != recorded:
+        raise ModelIntegrityError(
+            f"{name} v{version}: the model artifact's SHA-256 is {actual[:16]}..., but "
+            f"{recorded[:16]}... was recorded at registration (tag {ARTIFACT_HASH_TAG}); the "
+            "stored model was changed or corrupted after it was registered and is not loaded"
+        )
 
 
 def pip_requirements() -> list[str]:
@@ -260,6 +297,11 @@ class Tracker:
             else:
                 info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
         version = str(info.registered_model_version)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            tags = {**tags, ARTIFACT_HASH_TAG: directory_digest(local)}
         for key, value in tags.items():
             self.client.set_model_version_tag(registered_name, version, key, str(value))
         active = mlflow.active_run()
@@ -268,7 +310,8 @@ class Tracker:
         )
 
     def load_model(self, name: str, version: str) -> LoadedModel:
-        """Load a registered version with the calibrator and feature list logged beside it."""
+        """Load a registered version with the calibrator and feature list logged beside it, after
+        checking its artifact against the hash recorded at registration (ModelIntegrityError)."""
         import mlflow
 
         from quant_assets.lib.calibration import Calibrator
@@ -279,11 +322,14 @@ class Tracker:
         )
         uri = f"models:/{name}/{version}"
         mlflow.set_registry_uri(self.tracking_uri)
-        model = (
-            mlflow.lightgbm.load_model(uri)
-            if model_type == "lightgbm"
-            else mlflow.sklearn.load_model(uri)
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            # verified and loaded from the same local copy, so what is loaded is what was checked
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            verify_model_artifact(name, str(version), mv.tags.get(ARTIFACT_HASH_TAG), local)
+            flavor = mlflow.lightgbm if model_type == "lightgbm" else mlflow.sklearn
+            model = flavor.load_model(local)
         artifacts = {a.path for a in self.client.list_artifacts(mv.run_id)}
         calibrator = None
         if "calibrator.json" in artifacts:

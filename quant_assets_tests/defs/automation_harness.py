@@ -11,8 +11,8 @@ import dagster as dg
 
 from quant_assets.definitions import build_defs
 from quant_assets.defs.ohlcv import ohlcv
-from quant_assets.defs.runs import _only_decisions_failed, execute_plan, plan_runs
 from quant_assets.lib.settings import Settings
+from quant_assets_tests.defs.inprocess import _only_decisions_failed, execute_plan, plan_runs
 
 DATA_SENSOR = "data_automation"
 MODEL_SENSOR = "model_automation"
@@ -140,7 +140,7 @@ class Harness:
         names = {k.to_user_string() for k in keys}
         ops = {n: {"config": c} for n, c in self.asset_config.items() if n in names}
         result = dg.materialize(
-            assets=[*defs.assets, *defs.asset_checks],
+            assets=list(defs.assets),
             selection=dg.AssetSelection.assets(*keys),
             partition_key=partition,
             instance=self.instance,

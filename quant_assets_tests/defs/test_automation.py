@@ -12,13 +12,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from quant_assets.defs.runs import execute_plan, plan_runs
 from quant_assets.lib.health import RUN_TAG_MODE, RUN_TAG_REASONS
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.automation_harness import DATA_SENSOR, MODEL_SENSOR, Harness
 from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
+from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
 
 pytestmark = pytest.mark.slow
 
@@ -120,10 +120,9 @@ def test_new_symbol_gets_history_built_by_data_automation_only(instance, auto_se
         "labels": both,
         "training_dataset": both,
         "walk_forward_splits": both,
-        "signals": both,
         "regime": both,
         "primary_signals": both,
-    }  # ensemble_signals waits for meta_learner, which the model sensor trains at 02:00
+    }  # signals wait for champion and ensemble_signals (their lineage), which wait for models
     assert not [r for r in harness.launched if r["status"] == "failed"], harness.launched
     assert harness.automate(DATA_SENSOR) == {}  # no duplicate requests
     # retrains never ride along with ingestion: the model sensor owns no data asset and vice versa
@@ -163,10 +162,23 @@ def test_retrain_sensor_requests_once_per_reason_with_reasons_as_tags(
 
     # degradation: the champion's live signals all lost since training -> an alert and a
     # complete retrain at once, requested once
-    # promoted where the gates passed; BTCUSDT|1d was rejected and SPY|1d had too little data
-    assert harness.automate(MODEL_SENSOR)["champion"] == {"BTCUSDT|4h", "SPY|4h"}
+    # `champion` records every evaluation's decision; promoted where the gates passed
+    # (BTCUSDT|1d was rejected and SPY|1d had too little data: kept, no champion)
+    assert harness.automate(MODEL_SENSOR)["champion"] == {
+        "BTCUSDT|4h",
+        "SPY|4h",
+        "BTCUSDT|1d",
+        "SPY|1d",
+    }
     store = TradingStore(sql_url_for("", auto_settings.artifacts_path))
     tracker = Tracker(auto_settings.mlflow_uri)
+    promoted = {
+        f"{s}|{t}"
+        for s in ("BTCUSDT", "SPY")
+        for t in ("4h", "1d")
+        if tracker.aliases(f"direction.{s}.{t}").get("champion")
+    }
+    assert promoted == {"BTCUSDT|4h", "SPY|4h"}
     name = "direction.BTCUSDT.4h"
     version = tracker.aliases(name)["champion"]
     tags = tracker.version_tags(name, version)
@@ -260,7 +272,7 @@ def _batched_retrain(harness: Harness, gates: dict) -> dg.ExecuteInProcessResult
     """One run over BTCUSDT|4h..ETHUSDT|4h, as a retrain backfill batches them."""
     defs = harness.defs
     return dg.materialize(
-        assets=[*defs.assets, *defs.asset_checks],
+        assets=list(defs.assets),
         selection=dg.AssetSelection.assets("challenger_model", "champion_challenger_evaluation"),
         instance=harness.instance,
         resources=defs.resources,
@@ -346,7 +358,7 @@ def test_run_failure_sensor_records_an_alert_and_posts_the_webhook(
         harness = Harness(settings, instance, MONDAY)
         defs = harness.defs
         result = dg.materialize(
-            assets=[*defs.assets, *defs.asset_checks],
+            assets=list(defs.assets),
             selection=dg.AssetSelection.assets("ohlcv"),
             partition_key="BTCUSDT|4h",
             instance=instance,

@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 
 from quant_assets.definitions import build_defs
-from quant_assets.defs.runs import execute_plan, plan_runs
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.conftest import register
+from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
 
 pytestmark = pytest.mark.slow
 
@@ -153,9 +153,9 @@ def _train_one(args: tuple[str, str, str, str]) -> tuple[str, bool, str]:
         }
     )
     from quant_assets.definitions import build_defs as build
-    from quant_assets.defs.runs import PlannedRun
-    from quant_assets.defs.runs import execute_plan as run_plan
     from quant_assets.lib.settings import load_settings as settings
+    from quant_assets_tests.defs.inprocess import PlannedRun
+    from quant_assets_tests.defs.inprocess import execute_plan as run_plan
 
     symbol, timeframe = key.split("|")
     planned = PlannedRun(0, (dg.AssetKey("challenger_model"),), key, symbol, timeframe)

@@ -10,7 +10,7 @@ import pytest
 
 from quant_assets.definitions import build_defs
 from quant_assets.defs.io import partition_path
-from quant_assets.defs.ohlcv import integrity_result, ohlcv, ohlcv_checks
+from quant_assets.defs.ohlcv import integrity_result, ohlcv
 from quant_assets.defs.partitions import partition_key
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.lib.settings import load_settings
@@ -20,7 +20,7 @@ from quant_assets_tests.defs.conftest import register
 
 def _materialize(instance, settings, key: str, raise_on_error: bool = True):
     return dg.materialize(
-        [ohlcv, *ohlcv_checks],
+        [ohlcv],
         partition_key=key,
         instance=instance,
         resources=resources_from_settings(settings),
@@ -144,13 +144,20 @@ def test_gap_and_freshness_checks_warn_in_a_real_run(
     assert not fresh.passed and fresh.metadata["staleness_hours"].value > 24 * 300
 
 
-def test_timeframe_finer_than_source_fails_with_a_clear_message(instance, settings) -> None:
-    register(instance, "BTCUSDT")
-    result = _materialize(instance, settings, partition_key("BTCUSDT", "5m"), raise_on_error=False)
+def test_timeframe_finer_than_source_fails_with_a_clear_message(
+    instance, project_dir: Path, monkeypatch
+) -> None:
+    data = project_dir / "data"
+    data.mkdir()
+    days = "".join(f"2025-03-{d:02d},100,101,99,100,1000\n" for d in range(3, 29))
+    (data / "SPY.csv").write_text("date,open,high,low,close,volume\n" + days)
+    monkeypatch.setenv("QUANT_ASSETS_SOURCE", f"files:{data}")
+    register(instance, "SPY")
+    result = _materialize(instance, load_settings(), partition_key("SPY", "1h"), False)
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
     text = str(error.cause.message if error.cause else error.message)
-    assert "5m" in text and "finer" in text
+    assert "1h" in text and "finer" in text
 
 
 def test_broken_file_fails_and_keeps_the_good_stored_data(

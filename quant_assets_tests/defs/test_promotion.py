@@ -9,12 +9,12 @@ import pytest
 
 from quant_assets.cli import main
 from quant_assets.definitions import build_defs
-from quant_assets.defs.runs import execute_plan, plan_runs
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
+from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
 
 pytestmark = pytest.mark.slow
 

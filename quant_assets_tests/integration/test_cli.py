@@ -63,12 +63,13 @@ def test_symbols_and_materialize_on_the_synthetic_source(user_dir: Path, capsys)
         capsys, "materialize", "--select", "ohlcv", "--symbols", "BTCUSDT", "--timeframes", "1h"
     )
     assert code == 0, err
-    assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1h]" in out
-    assert "summary: 1 succeeded, 0 failed, 0 skipped" in out
+    assert "COMPLETED_SUCCESS: 1 run(s) success; 1/1 asset partitions done" in out
     assert (user_dir / "artifacts" / "ohlcv" / "BTCUSDT" / "1h.parquet").exists()
 
     code, _, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "5m")
-    assert code == 2 and "finer than the source's data" in err
+    assert code == 2 and "5m not configured" in err
+    code, _, err = _run(capsys, "materialize", "--select", "bogus_asset")
+    assert code == 2 and "bogus_asset" in err and "Traceback" not in err
     code, _, err = _run(capsys, "materialize", "--symbols", "DOGEUSDT")
     assert code == 2 and "quant-assets symbols add DOGEUSDT" in err
 
@@ -84,7 +85,9 @@ def test_symbols_and_materialize_on_the_synthetic_source(user_dir: Path, capsys)
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].is_success
+        # a backfill run of one partition, tagged with the invocation (the backfill)
         assert runs[0].tags["dagster/partition"] == "BTCUSDT|1h"
+        assert runs[0].tags["quant_assets/invocation"] == runs[0].tags["dagster/backfill"]
 
 
 def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) -> None:
@@ -101,7 +104,6 @@ def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) 
     assert _run(capsys, "symbols", "add", "SPY")[0] == 0
     code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "1d")
     assert code == 0, out + err
-    assert "warn: ohlcv.ohlcv_freshness" in out  # March 2025 is long past
     parquet = user_dir / "artifacts" / "ohlcv" / "SPY" / "1d.parquet"
     before = parquet.read_bytes()
 
@@ -109,7 +111,7 @@ def test_files_source_good_then_broken_csv(user_dir: Path, capsys, monkeypatch) 
     code, out, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "1d")
     assert code == 1
     assert "SPY.csv" in err and "'Close'" in err and "not-a-price" in err
-    assert "summary: 0 succeeded, 1 failed" in out
+    assert "1 run(s) failure" in out
     assert parquet.read_bytes() == before
 
 
@@ -138,5 +140,5 @@ def test_demo_command_runs_with_its_documented_options(user_dir: Path, capsys, m
     config.write_text("ohlcv: {}\n")
     code, out, err = _run(capsys, "demo", "--select", "ohlcv", "--config", str(config))
     assert code == 0, err
-    assert "[1/1] SUCCESS  ohlcv [BTCUSDT|1d]" in out
+    assert "1/1 asset partitions done" in out
     assert (user_dir / "artifacts" / "ohlcv" / "BTCUSDT" / "1d.parquet").exists()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from quant_assets.definitions import build_defs
-from quant_assets.defs.runs import execute_plan, plan_runs
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.storage import read_parquet
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.conftest import register
+from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
 from quant_assets_tests.services import temporary_postgres_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

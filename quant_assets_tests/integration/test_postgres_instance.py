@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 
-from quant_assets.defs.ohlcv import ohlcv, ohlcv_checks
+from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME, partition_key
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.lib.settings import load_settings
@@ -40,7 +40,7 @@ def test_top_level_dagster_yaml_runs_on_postgres(
             keys = [partition_key(s, t) for s in ("BTCUSDT", "SPY") for t in ("1h", "1d")]
             for key in keys:
                 result = dg.materialize(
-                    [ohlcv, *ohlcv_checks],
+                    [ohlcv],
                     partition_key=key,
                     instance=instance,
                     resources=resources_from_settings(settings),

@@ -128,6 +128,7 @@ def test_tags_and_rows_format() -> None:
         "op": "<=",
         "threshold": 0.15,
         "passed": False,
+        "applicable": True,
         "detail": "0.2 <= 0.15: fail",
     }
     assert evaluate_gates(GOOD, None, CONFIG).as_tags()["decision"] == "promote"
@@ -145,3 +146,72 @@ def test_config_rejects_out_of_range_values() -> None:
         GateConfig(max_drawdown=6.0)
     with pytest.raises(ValueError, match="min_trades"):
         GateConfig(min_trades=-1)
+
+
+def _selection(**overrides: object):
+    from quant_assets.lib.promotion import SelectionStats
+
+    values = {
+        "dsr": 0.97,
+        "n_trials": 9,
+        "trials_variance": 2.5e-5,
+        "track_record": 1500.0,
+        "min_track_record": 700.0,
+        "profitable_fold_share": 0.8,
+        "n_folds": 5,
+        "pbo": 0.1,
+        "pbo_reason": "",
+    }
+    return SelectionStats(**(values | overrides))
+
+
+def test_selection_gates_each_on_both_sides() -> None:
+    decision = evaluate_gates(GOOD, None, CONFIG, selection=_selection())
+    assert decision.promote
+    assert [g.name for g in decision.gates][-4:] == ["dsr", "min_trl", "profitable_folds", "pbo"]
+    tags = decision.as_tags()
+    assert tags["gate.dsr"] == "DSR 0.97 >= 0.95 (N=9 trials, V=2.5e-05): pass"
+    assert tags["gate.min_trl"] == "hold-out 1500 periods >= MinTRL 700 (confidence 0.95): pass"
+    assert tags["gate.profitable_folds"] == "0.8 of 5 folds profitable >= 0.8: pass"
+    assert tags["gate.pbo"] == "0.1 <= 0.5: pass"
+    for overrides, gate in (
+        ({"dsr": 0.949}, "dsr"),
+        ({"dsr": math.nan}, "dsr"),
+        ({"min_track_record": 1500.5}, "min_trl"),
+        ({"min_track_record": math.inf}, "min_trl"),
+        ({"profitable_fold_share": 0.6}, "profitable_folds"),
+        ({"pbo": 0.51}, "pbo"),
+    ):
+        decision = evaluate_gates(GOOD, None, CONFIG, selection=_selection(**overrides))
+        assert [g.name for g in decision.gates if not g.passed] == [gate], overrides
+    # without selection stats (the ensemble's gates) the selection gates are not part of the stack
+    assert "dsr" not in [g.name for g in evaluate_gates(GOOD, None, CONFIG).gates]
+
+
+def test_pbo_without_enough_trials_is_not_applicable_with_its_reason() -> None:
+    decision = evaluate_gates(
+        GOOD, None, CONFIG, selection=_selection(pbo=None, pbo_reason="3 trials, fewer than 5")
+    )
+    assert decision.promote
+    pbo = decision.gates[-1]
+    assert pbo.name == "pbo" and not pbo.applicable
+    assert decision.as_tags()["gate.pbo"] == "not applicable (3 trials, fewer than 5)"
+    assert decision.as_rows()[-1]["applicable"] is False
+
+
+def test_ensemble_calibration_gate_is_not_applicable_without_a_meta_learner() -> None:
+    from quant_assets.lib.promotion import ensemble_calibration
+
+    ece, not_applicable = ensemble_calibration([0.04, 0.09])
+    assert ece == 0.09 and not_applicable == {}
+    ece, not_applicable = ensemble_calibration([])
+    assert math.isnan(ece)
+    assert "fell back to voting" in not_applicable["ece"]
+    metrics = {**GOOD, "ece": ece}
+    decision = evaluate_gates(metrics, None, CONFIG, not_applicable=not_applicable)
+    assert decision.promote
+    assert decision.as_tags()["gate.ece"].startswith("not applicable (no meta-learner in use")
+    # the NaN alone, without the reason, fails the gate: never a vacuous pass
+    assert not evaluate_gates(metrics, None, CONFIG).promote
+    with pytest.raises(ValueError, match="unknown gate"):
+        evaluate_gates(GOOD, None, CONFIG, not_applicable={"nonsense": "why"})

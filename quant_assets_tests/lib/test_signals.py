@@ -168,3 +168,64 @@ def test_apply_ensemble_replaces_side_and_size_and_mirrors_levels_for_shorts() -
     assert out["stop_loss"].to_list() == [None, 103.0, 100.0, 101.0]  # a short's stop is above
     assert out["take_profit"].to_list() == [None, 97.5, 105.5, 106.5]
     assert out["prob_up"].to_list() == champion["prob_up"].to_list()
+
+
+def test_volatility_target_size_by_hand() -> None:
+    from quant_assets.lib.signals import RANGE_TO_SIGMA, volatility_target_size
+
+    # ATR 1 % of the close on 1h 24/7 bars: sigma = 0.01 / sqrt(8 / pi) = 0.0062666 a bar,
+    # x sqrt(8760) = 0.586519 a year; 10 % target: size 0.1704975. ATR 0.05 % (a quiet series):
+    # 0.0293 a year, the size would be 3.41: capped at 1 (no leverage). Missing ATR: flat.
+    size = volatility_target_size([100.0, 200.0, 100.0], [1.0, 0.1, None], 8760, 0.10)
+    assert math.isclose(RANGE_TO_SIGMA, 1.5957691216057308, abs_tol=1e-12)
+    expected = 0.10 / (0.01 / RANGE_TO_SIGMA * math.sqrt(8760))
+    assert size[0] == pytest.approx(expected, abs=1e-12)
+    assert size[0] == pytest.approx(0.1704975, abs=1e-7)
+    assert size[1] == 1.0
+    assert size[2] == 0.0
+    with pytest.raises(ValueError, match="periods_per_year"):
+        volatility_target_size([1.0], [0.1], 0)
+
+
+def test_position_changes_carry_the_entry_size() -> None:
+    from quant_assets.lib.signals import position_changes
+
+    frame = pl.DataFrame(
+        {
+            "timestamp": pl.datetime_range(
+                datetime(2024, 1, 1, tzinfo=UTC),
+                datetime(2024, 1, 1, 5, tzinfo=UTC),
+                "1h",
+                eager=True,
+            ),
+            "side": [1, 1, 0, 0, 0, 0],
+            "size": [0.2, 0.3, 0.9, 0.9, 0.9, 0.9],
+            "stop_loss": [90.0, 91.0, None, None, None, None],
+            "take_profit": [110.0, 111.0, None, None, None, None],
+        }
+    )
+    out = position_changes(frame, horizon=2)
+    assert out["side"].to_list() == [1, 1, 0]
+    assert out["size"].to_list() == [0.2, 0.3, 0.0]
+    assert position_changes(frame.drop("size"), horizon=2)["size"].to_list() == [1.0, 1.0, 0.0]
+
+
+def test_threshold_trials_are_the_candidates_choose_long_threshold_compares() -> None:
+    from quant_assets.lib.signals import choose_long_threshold, threshold_grid, threshold_trials
+
+    rng = np.random.default_rng(1)
+    prob = rng.uniform(0, 1, 1000)
+    ret = np.where(prob > 0.8, 0.01, -0.001) + rng.normal(0, 0.002, prob.size)
+    # the default candidates trade the top 50, 30, 20, 10 and 5 % of rows
+    grid = threshold_grid(prob)
+    assert grid.tolist() == np.round(np.quantile(prob, [0.5, 0.7, 0.8, 0.9, 0.95]), 2).tolist()
+    table = threshold_trials(prob, ret, cost=0.0)
+    assert table["threshold"].to_list() == grid.tolist()
+    assert table["n"].to_list() == [int((prob >= t).sum()) for t in grid]
+    # by hand for the 0.9 candidate: mean / std(ddof=1) * sqrt(n) of the rows above it
+    top = ret[prob >= grid[3]]
+    assert table["score"][3] == pytest.approx(top.mean() / top.std(ddof=1) * math.sqrt(top.size))
+    best = table.filter(pl.col("eligible")).sort("score", descending=True)["threshold"][0]
+    assert choose_long_threshold(prob, ret, cost=0.0) == best
+    few = threshold_trials(prob[:40], ret[:40], min_trades=30)
+    assert few["eligible"].to_list() == [n >= 30 for n in few["n"].to_list()]

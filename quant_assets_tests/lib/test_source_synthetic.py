@@ -129,6 +129,21 @@ def test_planted_mean_reversion_is_present_and_random_walk_has_none() -> None:
     assert abs(_signal_correlation(year_of("BTCUSDT", random_walk=True))) < 0.05
 
 
+def test_kappa_sets_the_planted_strength() -> None:
+    weak, strong = year_of("BTCUSDT", kappa=-0.1), year_of("BTCUSDT", kappa=-0.4)
+    assert (
+        _signal_correlation(strong)
+        < _signal_correlation(weak)
+        < _signal_correlation(year_of("BTCUSDT", kappa=0.0))
+    )
+    # random_walk ignores kappa; the description names a non-default strength
+    assert year_of("BTCUSDT", random_walk=True, kappa=-0.4).equals(
+        year_of("BTCUSDT", random_walk=True)
+    )
+    assert SyntheticSource(kappa=-0.4).description == "synthetic(seed=7, kappa=-0.4)"
+    assert SyntheticSource().description == "synthetic(seed=7)"
+
+
 def test_random_walk_keeps_the_volatility_and_drops_the_drift() -> None:
     structured = log_returns(year_of("ETHUSDT"))
     walk = log_returns(year_of("ETHUSDT", random_walk=True))

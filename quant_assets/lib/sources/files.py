@@ -19,7 +19,7 @@ from quant_assets.lib.errors import (
     InvalidTimeframeError,
     UnknownSymbolError,
 )
-from quant_assets.lib.sources.base import OHLCV_COLUMNS, Bars, MarketDataSource
+from quant_assets.lib.sources.base import OHLCV_COLUMNS, Bars, MarketDataSource, interval_change
 from quant_assets.lib.symbols import normalize_symbol
 from quant_assets.lib.timeframes import TIMEFRAMES, timeframe_seconds
 from quant_assets.lib.validation import validate_bars
@@ -133,9 +133,24 @@ def read_bars_file(path: Path, timeframe: str | None = None) -> tuple[pl.DataFra
             local_dates.cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("timestamp")
         )
     try:
-        return validate_bars(frame, str(path), timeframe), timeframe
+        bars = validate_bars(frame, str(path), timeframe)
     except DataValidationError as error:
         raise _file_error(path, error.problem, error.row, error.detail) from None
+    changed = interval_change(bars["timestamp"], timeframe)
+    if changed is not None:
+        first, last, coarser = changed
+        # the row where the other interval starts: after a leading stretch, or its first bar
+        boundary = last if first == 0 else first + 1
+        raise _file_error(
+            path,
+            f"bar interval changes from {coarser} to {timeframe} within the file",
+            boundary,
+            f"rows {first}-{last} ({bars['timestamp'][first].isoformat()} .. "
+            f"{bars['timestamp'][last].isoformat()}) are {coarser} apart, the rest {timeframe}; "
+            f"keep one interval per file (one file per timeframe, e.g. <SYMBOL>_{coarser}"
+            f"{path.suffix})",
+        )
+    return bars, timeframe
 
 
 def _file_error(

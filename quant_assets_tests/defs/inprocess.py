@@ -1,9 +1,9 @@
-"""Launching Dagster runs for an asset selection over symbol × timeframe partitions (used by the CLI).
+"""Tests' in-process executor: an asset selection over symbol × timeframe partitions as one
+`dg.materialize` per partition, in stage order, on a real instance (Dagster University's way of
+testing assets). The product path (the CLI, the UI) is an asset backfill: defs/backfills.py.
 
 A selection is planned as stages: consecutive layers of the asset graph that share a partitions
-definition run together, one Dagster run per partition (per symbol|timeframe, or per timeframe for
-cross-sectional assets). Every run goes through `materialize` on the given instance, so it is
-recorded there and visible in the Dagster UI exactly like a run launched from it.
+definition run together, one run per partition (per symbol|timeframe, or per timeframe).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import dagster as dg
 
 from quant_assets.defs.partitions import symbol_timeframe_partitions, timeframe_partitions
 
-RUNS_LAST_TAG = "quant_assets/runs_last"
-# blocking checks that encode a decision (a rejected challenger), not a data problem
+# checks that encode a decision (a rejected challenger), not a data problem
 DECISION_CHECKS = frozenset({"promotion_gates"})
 
 
@@ -88,12 +87,6 @@ def plan_runs(
                 )
                 stage = max(stage, stage_of[parent] + int(bump))
         stage_of[key] = stage
-    # assets tagged RUNS_LAST (signals) read registry state that earlier assets change (the champion
-    # alias), without a data dependency that a failed promotion gate would skip them through
-    last = [k for k in stage_of if graph.get(k).tags.get(RUNS_LAST_TAG) == "true"]
-    if last:
-        final = max((stage for key, stage in stage_of.items() if key not in last), default=-1) + 1
-        stage_of.update({key: max(stage_of[key], final) for key in last})
     groups: dict[tuple[int, str], list[dg.AssetKey]] = {}
     for key, stage in stage_of.items():
         groups.setdefault((stage, _partition_kind(graph, key)), []).append(key)
@@ -182,7 +175,7 @@ def execute_plan(
     `asset_config` maps an asset name to its Config values (as in the Launchpad's `ops:` section);
     each run gets the entries of the assets it materializes.
     """
-    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
+    assets = list(defs.assets or [])
     resources = dict(defs.resources or {})
     outcomes: list[RunOutcome] = []
     failures: list[PlannedRun] = []

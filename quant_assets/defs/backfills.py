@@ -1,0 +1,448 @@
+"""Handing a selection of assets × partitions to Dagster as one asset backfill, and following it.
+
+This is what the UI's "Materialize all" does: the backfill daemon plans the runs stage by stage
+(grouping assets and batching partitions by each asset's BackfillPolicy), the run queue runs
+`max_concurrent_runs` of them at once and run monitoring watches them. The CLI only submits the
+backfill, starts the daemon for the length of the invocation when none is running, prints progress,
+and turns Ctrl-C / SIGTERM into a cancellation of the backfill.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.utils import make_new_backfill_id
+
+from quant_assets.defs.partitions import partition_key
+
+TAG_INVOCATION = "quant_assets/invocation"
+#: seconds without a line of progress before the watcher says what it waits for
+QUIET_SECONDS = 10.0
+FINISHED = {
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+}
+RUNNING = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+
+
+def instance_yaml(run_slots: int) -> str:
+    """The embedded instance's dagster.yaml (SQLite under DAGSTER_HOME)."""
+    return f"""\
+# Written by quant-assets (rewritten when the settings change): the embedded default instance,
+# SQLite under this folder. For PostgreSQL storage see the top-level dagster.yaml and README.md.
+telemetry:
+  enabled: false
+run_queue:
+  dequeue_interval_seconds: 1
+concurrency:
+  runs:
+    max_concurrent_runs: {run_slots}
+  pools:
+    default_limit: {run_slots}
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 60
+  poll_interval_seconds: 5
+  free_slots_after_run_end_seconds: 0
+"""
+
+
+class BackfillError(RuntimeError):
+    """The selection cannot be submitted (no asset, no partition)."""
+
+
+def backfill_subset(
+    defs: dg.Definitions,
+    selection: str | dg.AssetSelection,
+    symbols: Sequence[str],
+    timeframes: Sequence[str],
+) -> tuple[AssetGraphSubset, list[dg.AssetKey]]:
+    """Every selected asset × the requested partitions (symbol × timeframe, or timeframe, or none)."""
+    graph = defs.resolve_asset_graph()
+    if isinstance(selection, str):
+        selection = dg.AssetSelection.from_string(selection)
+    keys = sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
+    if not keys:
+        raise BackfillError(f"asset selection {selection} matches no asset")
+    wanted: set[AssetKeyPartitionKey] = set()
+    for key in keys:
+        pdef = graph.get(key).partitions_def
+        if pdef is None:
+            wanted.add(AssetKeyPartitionKey(key, None))
+        elif isinstance(pdef, dg.MultiPartitionsDefinition):
+            wanted |= {
+                AssetKeyPartitionKey(key, partition_key(s, t)) for s in symbols for t in timeframes
+            }
+        else:
+            wanted |= {AssetKeyPartitionKey(key, t) for t in timeframes}
+    return AssetGraphSubset.from_asset_partition_set(wanted, graph), keys
+
+
+def submit_backfill(
+    instance: dg.DagsterInstance,
+    subset: AssetGraphSubset,
+    *,
+    title: str,
+    tags: dict[str, str],
+    run_config: dict | None = None,
+) -> str:
+    backfill_id = make_new_backfill_id()
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=backfill_id,
+        backfill_timestamp=time.time(),
+        tags={TAG_INVOCATION: backfill_id, **tags},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=subset,
+        title=re.sub(r'[%*"]', "", title).strip() or None,
+        description=f"launched by quant-assets ({tags.get('quant_assets/command', 'cli')})",
+        run_config=run_config or None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def backfill_daemon_alive(instance: dg.DagsterInstance) -> bool:
+    """A backfill daemon (ours, `dagster dev`'s or a deployment's) heartbeats on this instance."""
+    from dagster._daemon.controller import get_daemon_statuses
+
+    status = get_daemon_statuses(instance, ["BACKFILL"], ignore_errors=True)["BACKFILL"]
+    return bool(status.healthy)
+
+
+class ExecutionDaemon:
+    """`python -m quant_assets.defs.daemon` for the length of a `with` block (unless a backfill
+    daemon already runs on the instance, which then does the work)."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance, log: Callable[[str], None], verbose: bool = False
+    ) -> None:
+        self.instance = instance
+        self.log = log
+        self.verbose = verbose
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(instance.root_directory) / "daemon.log"
+
+    def __enter__(self) -> ExecutionDaemon:
+        if backfill_daemon_alive(self.instance):
+            self.log("a backfill daemon is already running on this instance; it executes the runs")
+            return self
+        # the daemon's and its runs' own logs go to a file (the terminal shows progress), or to the
+        # terminal with --verbose
+        sink = None if self.verbose else open(self.log_path, "a")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "quant_assets.defs.daemon"],
+            env=os.environ.copy(),
+            stdout=sink,
+            stderr=subprocess.STDOUT if sink else None,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the CLI, which cancels first
+        )
+        if sink:
+            sink.close()
+            self.log(f"execution daemon started (pid {self.process.pid}; log: {self.log_path})")
+        return self
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+# ---------------------------------------------------------------- housekeeping
+
+
+def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of a run's worker process, from its "Started process for run" engine event."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        pid = event.event_specific_data.metadata.get("pid") if event else None
+        if pid is not None:
+            return int(pid.value)
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs left STARTED/STARTING/CANCELING by a worker process that no longer
+    exists on this machine (killed with SIGKILL, machine restart), and free every pool slot held by
+    a run that has finished. Returns what it did, one line each."""
+    done = []
+    stuck = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.CANCELING,
+            ]
+        )
+    )
+    for run in stuck:
+        pid = _run_pid(instance, run.run_id)
+        if pid is None or _pid_alive(pid):
+            continue
+        instance.report_run_failed(
+            run, f"quant-assets: the run's worker process {pid} no longer exists"
+        )
+        done.append(f"run {run.run_id[:8]} marked failed: its process {pid} is gone")
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for pool in storage.get_concurrency_keys():
+            info = storage.get_concurrency_info(pool)
+            holders = {slot.run_id for slot in info.claimed_slots}
+            for run_id in holders:
+                run = instance.get_run_by_id(run_id)
+                if run is None or run.status in FINISHED:
+                    storage.free_concurrency_slots_for_run(run_id)
+                    done.append(f"pool {pool}: freed the slots of finished run {run_id[:8]}")
+    return done
+
+
+def pool_waits(instance: dg.DagsterInstance) -> list[str]:
+    """For each pool with every slot taken: the pool, its limit and the runs holding it."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    lines = []
+    for pool in sorted(storage.get_concurrency_keys()):
+        info = storage.get_concurrency_info(pool)
+        if info.slot_count and len(info.claimed_slots) >= info.slot_count:
+            holders = sorted({s.run_id[:8] for s in info.claimed_slots})
+            lines.append(
+                f"pool {pool!r} full ({info.slot_count} slots) held by run(s) {', '.join(holders)}"
+            )
+    return lines
+
+
+# ---------------------------------------------------------------- following a backfill
+
+
+@dataclass
+class BackfillProgress:
+    status: str
+    done: int
+    failed: int
+    total: int
+    runs: dict[str, int] = field(default_factory=dict)
+    by_asset: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+
+def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> BackfillProgress:
+    backfill = instance.get_backfill(backfill_id)
+    data = backfill.asset_backfill_data
+    target, done = data.target_subset, data.materialized_subset
+    failed = data.failed_and_downstream_subset
+    by_asset = {}
+    for key in sorted(target.asset_keys, key=lambda k: k.to_user_string()):
+        by_asset[key.to_user_string()] = (
+            _count(done, key),
+            _count(failed, key),
+            _count(target, key),
+        )
+    runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status.value] = counts.get(run.status.value, 0) + 1
+    return BackfillProgress(
+        status=backfill.status.value,
+        done=sum(v[0] for v in by_asset.values()),
+        failed=sum(v[1] for v in by_asset.values()),
+        total=sum(v[2] for v in by_asset.values()),
+        runs=counts,
+        by_asset=by_asset,
+    )
+
+
+def _count(subset: AssetGraphSubset, key: dg.AssetKey) -> int:
+    if key in subset.non_partitioned_asset_keys:
+        return 1
+    partitions = subset.partitions_subsets_by_asset_key.get(key)
+    return len(partitions) if partitions is not None else 0
+
+
+TERMINAL_BACKFILL = {
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.CANCELED,
+}
+
+
+def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str) -> None:
+    """What the UI's "Cancel backfill" does: the daemon cancels queued runs and terminates
+    running ones, then marks the backfill CANCELED."""
+    backfill = instance.get_backfill(backfill_id)
+    if backfill.status == BulkActionStatus.REQUESTED:
+        instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def follow_backfill(
+    instance: dg.DagsterInstance,
+    backfill_id: str,
+    daemon: ExecutionDaemon,
+    log: Callable[[str], None],
+    poll_seconds: float = 1.0,
+    cancel_timeout: float = 120.0,
+) -> tuple[BackfillProgress, int | None]:
+    """Follow the backfill to its end, printing progress (partitions done / total, elapsed, ETA)
+    whenever it changes and at least every QUIET_SECONDS. SIGINT/SIGTERM cancel it; returns the
+    final progress and the signal that cancelled it (None when it ran to its end)."""
+    received: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        if not received:
+            log(f"\n{signal.Signals(signum).name}: cancelling the backfill (its runs end CANCELED)")
+        received.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    last_line, last_print, cancel_started = "", 0.0, None
+    try:
+        while True:
+            progress = backfill_progress(instance, backfill_id)
+            status = instance.get_backfill(backfill_id).status
+            if received and cancel_started is None:
+                cancel_backfill(instance, backfill_id)
+                cancel_started = time.monotonic()
+            if status in TERMINAL_BACKFILL:
+                return progress, (received[0] if received else None)
+            if not daemon.alive():
+                raise RuntimeError(
+                    f"the execution daemon stopped unexpectedly; see {daemon.log_path}"
+                )
+            if cancel_started is not None and time.monotonic() - cancel_started > cancel_timeout:
+                log(f"cancellation did not finish within {cancel_timeout:.0f} s; giving up")
+                return progress, received[0]
+            elapsed = time.monotonic() - started
+            line = _progress_line(progress, elapsed)
+            state = line.split("] ", 1)[1].split(", ETA")[0] + str(progress.runs)
+            quiet = time.monotonic() - last_print > QUIET_SECONDS
+            if state != last_line or quiet:
+                extra = ""
+                if quiet and progress.runs.get("QUEUED") and not progress.runs.get("STARTED"):
+                    waits = pool_waits(instance)
+                    extra = "  waiting: " + ("; ".join(waits) or "for the run queue to start runs")
+                log(line + extra)
+                last_line, last_print = state, time.monotonic()
+            time.sleep(poll_seconds)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _progress_line(progress: BackfillProgress, elapsed: float) -> str:
+    settled = progress.done + progress.failed
+    eta = ""
+    if 0 < settled < progress.total:
+        eta = f", ETA {_clock(elapsed / settled * (progress.total - settled))}"
+    runs = ", ".join(f"{n} {s.lower()}" for s, n in sorted(progress.runs.items())) or "none yet"
+    failed = f", {progress.failed} failed" if progress.failed else ""
+    return (
+        f"[{_clock(elapsed)}] {progress.done}/{progress.total} asset partitions done{failed}"
+        f"{eta}; runs: {runs}"
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:d}:{secs:02d}"
+
+
+# ---------------------------------------------------------------- what happened
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    status: str
+    partitions: str
+    assets: str
+    errors: list[str]
+
+
+def run_reports(instance: dg.DagsterInstance, backfill_id: str) -> list[RunReport]:
+    from quant_assets.defs.automation import innermost_message
+
+    reports = []
+    for run in reversed(instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))):
+        errors = []
+        if run.status != dg.DagsterRunStatus.SUCCESS:
+            for record in instance.get_records_for_run(
+                run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+            ).records:
+                event = record.event_log_entry.dagster_event
+                errors.append(
+                    f"{event.step_key}: {innermost_message(event.step_failure_data.error)}"
+                )
+        start = run.tags.get("dagster/asset_partition_range_start")
+        end = run.tags.get("dagster/asset_partition_range_end")
+        partitions = run.tags.get("dagster/partition") or (
+            f"{start} .. {end}" if start and start != end else start or "-"
+        )
+        assets = ", ".join(sorted(k.to_user_string() for k in run.asset_selection or []))
+        reports.append(RunReport(run.run_id, run.status.value, partitions, assets, errors))
+    return reports
+
+
+def check_outcomes(
+    instance: dg.DagsterInstance, run_ids: Sequence[str], check_name: str
+) -> dict[str, tuple[bool, str]]:
+    """partition -> (passed, description) of one check's latest evaluation in these runs."""
+    out: dict[str, tuple[bool, str]] = {}
+    for run_id in run_ids:
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+        for record in records:
+            evaluation = record.event_log_entry.dagster_event.event_specific_data
+            if evaluation.check_name != check_name:
+                continue
+            partition = evaluation.partition or record.event_log_entry.dagster_event.partition
+            out[str(partition)] = (evaluation.passed, evaluation.description or "")
+    return out
+
+
+def workspace_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "workspace.yaml"
