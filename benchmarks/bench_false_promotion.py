@@ -39,8 +39,12 @@ import numpy as np
 import polars as pl
 
 from quant_assets.lib.calendars import annualization_kind
-from quant_assets.lib.datasets import build_training_dataset
-from quant_assets.lib.features import compute_features, multi_timeframe_snapshot
+from quant_assets.lib.datasets import TrainingDataset, build_training_dataset
+from quant_assets.lib.features import (
+    compute_features,
+    cross_sectional_ranks,
+    multi_timeframe_snapshot,
+)
 from quant_assets.lib.labels import build_labels
 from quant_assets.lib.ohlcv import bars_for_timeframe
 from quant_assets.lib.performance import annualization
@@ -167,6 +171,37 @@ def gated_decision(
     }
 
 
+DEMO_SYMBOLS, DEMO_TIMEFRAMES = ("BTCUSDT", "ETHUSDT", "SPY", "AAPL"), ("1h", "4h", "1d")
+
+
+def demo_decisions() -> pl.DataFrame:
+    """The demo's 12 partitions (seed 7, 2023-01-01 .. the pinned end, the pipeline's default
+    LightGBM, cross-sectional ranks included) through the same gates: what `quant-assets demo`
+    should decide."""
+    source = SyntheticSource(seed=7, start=START, end=DEMO_END)
+    rows = []
+    for timeframe in DEMO_TIMEFRAMES:
+        built = {s: _features(source, s, timeframe) for s in DEMO_SYMBOLS}
+        ranks = cross_sectional_ranks({s: f for s, (_, f) in built.items()})
+        for symbol, (bars, features) in built.items():
+            labels = build_labels(bars, features["atr_14"], timeframe)
+            dataset = build_training_dataset(features, labels, ranks, symbol=symbol)
+            decided = gated_decision(bars, features, dataset, timeframe, ModelConfig())
+            rows.append(
+                {
+                    "partition": f"{symbol}|{timeframe}",
+                    "promote": decided["promote"],
+                    "failed": ", ".join(decided["failed"]),
+                    **{
+                        k: round(float(decided[k]), 3)
+                        for k in ("n_trials", "dsr", "pbo", "folds", "holdout_sharpe", "max_dd")
+                        if k in decided
+                    },
+                }
+            )
+    return pl.DataFrame(rows)
+
+
 def _run(args: tuple) -> dict[str, Any]:
     return partition_trial(*args)
 
@@ -192,7 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--equity", type=int, default=12, help="equity-like planted trials")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--verbose", action="store_true", help="print every partition-trial")
+    parser.add_argument(
+        "--demo", action="store_true", help="only the demo's 12 partitions at the pinned end"
+    )
     args = parser.parse_args(argv)
+    if args.demo:
+        table = demo_decisions()
+        with pl.Config(tbl_rows=20, fmt_str_lengths=60, tbl_width_chars=160):
+            print(table)
+        print(f"{int(table['promote'].sum())} of {table.height} promoted")
+        return 0 if table["promote"].any() else 1
     kappas = list(dict.fromkeys(args.kappas))
     null_jobs = [(*NULL_KINDS[i % len(NULL_KINDS)], 1000 + i, True, 0.0) for i in range(args.null)]
     planted_jobs = [

@@ -22,7 +22,11 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.execution.backfill import (
+    BulkActionsFilter,
+    BulkActionStatus,
+    PartitionBackfill,
+)
 from dagster._core.utils import make_new_backfill_id
 
 from quant_assets.defs.partitions import partition_key
@@ -127,8 +131,12 @@ def backfill_daemon_alive(instance: dg.DagsterInstance) -> bool:
 
 
 class ExecutionDaemon:
-    """`python -m quant_assets.defs.daemon` for the length of a `with` block (unless a backfill
-    daemon already runs on the instance, which then does the work)."""
+    """`python -m quant_assets.defs.daemon` while this invocation needs it, unless another backfill
+    daemon (`quant-assets dev`, a deployment, or a concurrent invocation's) runs on the instance.
+
+    One invocation at a time owns the daemon it starts (a lock file in DAGSTER_HOME): a concurrent
+    invocation submits its backfill to that daemon and takes over (starts its own) if the daemon
+    goes away; the owner keeps its daemon running until no backfill on the instance is left."""
 
     def __init__(
         self, instance: dg.DagsterInstance, log: Callable[[str], None], verbose: bool = False
@@ -138,11 +146,22 @@ class ExecutionDaemon:
         self.verbose = verbose
         self.process: subprocess.Popen | None = None
         self.log_path = Path(instance.root_directory) / "daemon.log"
+        self._lock = None
 
     def __enter__(self) -> ExecutionDaemon:
-        if backfill_daemon_alive(self.instance):
+        self.ensure()
+        return self
+
+    def ensure(self) -> None:
+        """Start a daemon unless one runs (or a concurrent invocation is starting one)."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        if not self._take_lock():
+            return  # another invocation's daemon serves every backfill of the instance
+        if backfill_daemon_alive(self.instance) and self.process is None:
             self.log("a backfill daemon is already running on this instance; it executes the runs")
-            return self
+            self._release_lock()
+            return
         # the daemon's and its runs' own logs go to a file (the terminal shows progress), or to the
         # terminal with --verbose
         sink = None if self.verbose else open(self.log_path, "a")  # noqa: SIM115
@@ -155,21 +174,65 @@ class ExecutionDaemon:
         )
         if sink:
             sink.close()
-            self.log(f"execution daemon started (pid {self.process.pid}; log: {self.log_path})")
-        return self
+        self.log(f"execution daemon started (pid {self.process.pid}; log: {self.log_path})")
+
+    def _take_lock(self) -> bool:
+        import fcntl
+
+        if self._lock is not None:
+            return True
+        handle = open(Path(self.instance.root_directory) / "daemon.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock = handle
+        return True
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def alive(self) -> bool:
+        """False only when the daemon this invocation started has died."""
         return self.process is None or self.process.poll() is None
 
     def __exit__(self, *exc) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            if self.process is None or self.process.poll() is not None:
+                return
+            if exc[0] is None:
+                self._serve_other_backfills()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            # its heartbeats would look alive for minutes and keep the next invocation waiting
+            # (a long-running daemon, e.g. `dagster dev`'s, writes its own again within seconds)
+            self.instance.wipe_daemon_heartbeats()
+        finally:
+            self._release_lock()
+
+    def _serve_other_backfills(self) -> None:
+        """Keep the daemon while backfills of other invocations are still in flight."""
+        waiting = ""
+        while self.process is not None and self.process.poll() is None:
+            others = self.instance.get_backfills(
+                filters=BulkActionsFilter(
+                    statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]
+                )
+            )
+            if not others:
+                return
+            ids = ", ".join(sorted(b.backfill_id for b in others))
+            if ids != waiting:
+                self.log(f"this invocation's daemon still executes backfill(s) {ids}; waiting")
+                waiting = ids
+            time.sleep(1.0)
 
 
 # ---------------------------------------------------------------- housekeeping
@@ -352,6 +415,8 @@ def follow_backfill(
                 raise RuntimeError(
                     f"the execution daemon stopped unexpectedly; see {daemon.log_path}"
                 )
+            if daemon.process is None and not backfill_daemon_alive(instance):
+                daemon.ensure()  # the daemon we relied on went away (its invocation ended)
             if cancel_started is not None and time.monotonic() - cancel_started > cancel_timeout:
                 log(f"cancellation did not finish within {cancel_timeout:.0f} s; giving up")
                 return progress, received[0]

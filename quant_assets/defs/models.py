@@ -331,6 +331,11 @@ def log_training_run(
         result.config.calibration,
         dataset.target,
     )
+    if result.oof.is_empty() and tags.get("base_version"):
+        # an incremental retrain continues its base version: the same trial, whose out-of-fold
+        # evidence (recorded with the base) is what the evaluation's selection gates judge
+        base_tags = tracker.version_tags(registered_name, tags["base_version"])
+        config_id = base_tags.get("config_id") or config_id
     searched = oof_ret is not None and dataset.target == "take_profit"
     trials = training_trial_record(
         config_id,
@@ -616,6 +621,8 @@ def _train_partition(
             dataset.target,
         ),
         "code_version": CODE_VERSION,
+        # an incremental version shares its base's configuration but is another model
+        "retrain_mode": "complete",
     }
     existing = reusable_version(tracker, name, identity) if mode == "complete" else None
     if existing is not None:

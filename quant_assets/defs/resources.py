@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
@@ -14,8 +15,10 @@ from quant_assets.lib.retrain import RetrainPolicy
 from quant_assets.lib.settings import Settings
 from quant_assets.lib.sources import MarketDataSource, source_from_spec
 from quant_assets.lib.storage import read_parquet
-from quant_assets.lib.stores import TradingStore, sql_url_for
-from quant_assets.lib.tracking import Tracker
+
+if TYPE_CHECKING:  # heavy (SQLAlchemy, MLflow): imported where used, so definitions load fast
+    from quant_assets.lib.stores import TradingStore
+    from quant_assets.lib.tracking import Tracker
 
 
 def _utc(text: str) -> datetime:
@@ -107,6 +110,8 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str
 
     def get_tracker(self) -> Tracker:
+        from quant_assets.lib.tracking import Tracker
+
         return Tracker(self.tracking_uri)
 
 
@@ -117,6 +122,8 @@ class TradingStoreResource(dg.ConfigurableResource):
     url: str
 
     def get_store(self) -> TradingStore:
+        from quant_assets.lib.stores import TradingStore
+
         return TradingStore(self.url)
 
 
@@ -130,6 +137,8 @@ class AlertResource(dg.ConfigurableResource):
     webhook_retries: int = 3
 
     def get_store(self) -> TradingStore:
+        from quant_assets.lib.stores import TradingStore
+
         return TradingStore(self.url)
 
     def send(self, alert: Alert) -> WebhookResult | None:
@@ -173,9 +182,19 @@ class RetrainRulesResource(dg.ConfigurableResource):
         )
 
 
+def trading_store_url(spec: str | None, artifacts_root: Path) -> str:
+    """SQLAlchemy URL of the trading store (lib.stores.sql_url_for), without importing SQLAlchemy
+    for the default SQLite file."""
+    if not spec:
+        return f"sqlite:///{Path(artifacts_root).resolve() / 'trading.db'}"
+    from quant_assets.lib.stores import sql_url_for
+
+    return sql_url_for(spec, artifacts_root)
+
+
 def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     root = str(settings.artifacts_path)
-    trading_url = sql_url_for(settings.trading_db, settings.artifacts_path)
+    trading_url = trading_store_url(settings.trading_db, settings.artifacts_path)
     return {
         "market_data": MarketDataResource(
             source=settings.source,

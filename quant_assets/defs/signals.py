@@ -16,7 +16,6 @@ from quant_assets.defs.partitions import (
 )
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
-from quant_assets.lib.registry_ops import promote_version
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.signals import apply_ensemble, make_signals, resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
@@ -66,6 +65,8 @@ def champion(
                 "reason": record["reason"],
             },
         )
+    from quant_assets.lib.registry_ops import promote_version  # SQLAlchemy: only when promoting
+
     result = promote_version(
         tracker,
         trading_store.get_store(),

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from quant_assets.lib.errors import QuantAssetsError
-from quant_assets.lib.stores import ALERT_SEVERITIES
 
+#: severities of an alert (the alerts table's check constraint lists the same)
+ALERT_SEVERITIES = ("info", "warning", "error", "critical")
 #: HTTP statuses worth another attempt: the receiver is overloaded or briefly broken.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _USER_AGENT = "quant-assets-alerts/1"

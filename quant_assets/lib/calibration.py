@@ -4,12 +4,12 @@ reliability-diagram plots for the Dagster UI."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from matplotlib.figure import Figure
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
+
+if TYPE_CHECKING:  # scikit-learn and matplotlib are imported where used (cheap start-up)
+    from sklearn.isotonic import IsotonicRegression
 
 from quant_assets.lib.metrics import calibration_curve_table, expected_calibration_error
 
@@ -76,6 +76,8 @@ class Calibrator:
     def from_dict(cls, data: dict[str, Any]) -> Calibrator:
         """Rebuild a calibrator written by `to_dict`; its predictions are identical."""
         if data["method"] == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             x = np.asarray(data["x"], dtype=np.float64)
             y = np.asarray(data["y"], dtype=np.float64)
@@ -108,10 +110,14 @@ def fit_calibrator(oof_prob: Any, y: Any, method: CalibrationMethod) -> Calibrat
         # bounded away from 0 and 1 (add-one smoothing at the ends): an isotonic step of exactly 0
         # or 1 would give an infinite log loss to the first contrary row it meets
         bound = 1.0 / (p.size + 1)
+        from sklearn.isotonic import IsotonicRegression
+
         iso = IsotonicRegression(y_min=bound, y_max=1 - bound, out_of_bounds="clip").fit(p, labels)
         return Calibrator("isotonic", isotonic=iso)
     if method == "sigmoid":
         # unpenalised: the two Platt parameters are fitted on many rows, no shrinkage wanted
+        from sklearn.linear_model import LogisticRegression
+
         platt = LogisticRegression(C=np.inf).fit(_logit(p)[:, None], labels)
         return Calibrator(
             "sigmoid", slope=float(platt.coef_[0, 0]), intercept=float(platt.intercept_[0])
@@ -134,6 +140,8 @@ def calibration_plot_png(
         raise ValueError("calibration_plot_png needs at least one (y, prob) curve")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.figure import Figure
+
     # a bare Figure renders with Agg without touching pyplot's global state or any display
     fig = Figure(figsize=(6.4, 7.2), dpi=110, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -21,8 +22,10 @@ from quant_assets.lib.retrain import (
     retrain_reasons,
 )
 from quant_assets.lib.signals import resolve_long_threshold
-from quant_assets.lib.stores import TradingStore
 from quant_assets.lib.tracking import ALIAS_CHAMPION, Tracker, registered_model_name
+
+if TYPE_CHECKING:
+    from quant_assets.lib.stores import TradingStore
 
 TAG_VERSION_LABEL = "version_label"
 TAG_TRAINED_AT = "trained_at"

@@ -5,17 +5,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
 from quant_assets.lib.backtest import BacktestResult
 from quant_assets.lib.performance import drawdowns
 
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (cheap start-up)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 _MONTHS = "JFMAMJJASOND"
+
+
+def _figure(**kwargs: Any):
+    """A bare matplotlib Figure (Agg canvas, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0)
 
 
 def monthly_returns(per_bar: pl.DataFrame) -> pl.DataFrame:
@@ -42,7 +57,8 @@ def equity_curve_png(
     champion, above a panel of their drawdowns from each curve's own running peak."""
     if not curves:
         raise ValueError("equity_curve_png: no curves to draw")
-    fig = Figure(figsize=(10, 6), dpi=100, layout="constrained")
+
+    fig = _figure(figsize=(10, 6), dpi=100, layout="constrained")
     equity_ax, dd_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     for name, frame in curves.items():
         missing = {"timestamp", "equity"} - set(frame.columns)
@@ -68,7 +84,8 @@ def backtest_report_png(
     per_bar = result.per_bar
     x = per_bar.get_column("timestamp").to_numpy()
     equity = per_bar.get_column("equity").to_numpy()
-    fig = Figure(figsize=(11, 10), dpi=100, layout="constrained")
+
+    fig = _figure(figsize=(11, 10), dpi=100, layout="constrained")
     equity_ax, dd_ax, month_ax = fig.subplots(3, 1, height_ratios=[3, 1, 2])
     dd_ax.sharex(equity_ax)
     equity_ax.plot(x, equity, lw=1.2, color="tab:blue")
@@ -94,7 +111,7 @@ def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
     equity_ax.set_ylabel("equity")
     equity_ax.grid(alpha=0.3)
     dd_ax.set_ylabel("drawdown")
-    dd_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    dd_ax.yaxis.set_major_formatter(_percent())
     dd_ax.grid(alpha=0.3)
 
 
@@ -112,7 +129,7 @@ def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=7)
-    ax.figure.colorbar(image, ax=ax, format=PercentFormatter(1.0))
+    ax.figure.colorbar(image, ax=ax, format=_percent())
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -140,13 +157,14 @@ def fold_evidence_png(
         missing = columns - set(frame.columns)
         if missing:
             raise ValueError(f"fold_evidence_png: {name} lacks {sorted(missing)}")
-    fig = Figure(figsize=(10, 3.6), dpi=100, layout="constrained")
+
+    fig = _figure(figsize=(10, 3.6), dpi=100, layout="constrained")
     ret_ax, sharpe_ax, trial_ax = fig.subplots(1, 3)
     labels = [str(f) for f in folds["fold"].to_list()]
     returns = folds["total_return"].fill_nan(0.0).fill_null(0.0).to_numpy()
     colors = np.where(returns > 0, "tab:green", "tab:red")
     ret_ax.bar(labels, returns, color=colors)
-    ret_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ret_ax.yaxis.set_major_formatter(_percent())
     ret_ax.set_title("total return per fold")
     sharpe_ax.bar(labels, folds["sharpe"].fill_nan(0.0).fill_null(0.0).to_numpy(), color=colors)
     sharpe_ax.set_title("annualized Sharpe per fold")

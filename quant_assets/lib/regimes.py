@@ -9,8 +9,6 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
 
 from quant_assets.lib.errors import DataValidationError, QuantAssetsError
 from quant_assets.lib.features import _require_columns, _require_increasing, mtf_column
@@ -259,6 +257,9 @@ def fit_regime_model(
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     scale = np.where(std > 0, std, 1.0)  # a constant feature stays 0 after centering
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(_THREADS):
         km = KMeans(config.n_clusters, n_init=config.n_init, random_state=config.seed)
         km.fit((x - mean) / scale)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import NullPool, StaticPool
 
+from quant_assets.lib.alerts import ALERT_SEVERITIES
 from quant_assets.lib.errors import DataValidationError
 from quant_assets.lib.sources.postgres import engine_url
 
@@ -25,7 +26,6 @@ PROMOTION_ACTIONS = ("promote", "reject", "manual_promote", "rollback")
 #: actions that move the champion alias (a reject only records a decision)
 MOVING_ACTIONS = ("promote", "manual_promote", "rollback")
 PROMOTION_DECIDERS = ("gates", "cli")
-ALERT_SEVERITIES = ("info", "warning", "error", "critical")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: how long a promotion waits for another one holding the registry lock
 REGISTRY_LOCK_TIMEOUT_SECONDS = 120.0

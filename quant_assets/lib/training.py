@@ -9,16 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
-from lightgbm import Booster, LGBMClassifier
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+
+if TYPE_CHECKING:  # LightGBM and scikit-learn are imported where a model is built or fitted
+    from lightgbm import Booster, LGBMClassifier
 
 from quant_assets.lib.calibration import CalibrationMethod, Calibrator, fit_calibrator
 from quant_assets.lib.datasets import TrainingDataset
@@ -177,7 +174,14 @@ def make_model(config: ModelConfig) -> Any:
     params = config.model_params()
     try:
         if config.model_type == "lightgbm":
+            from lightgbm import LGBMClassifier
+
             return LGBMClassifier(random_state=config.seed, **params)
+        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
         if config.model_type == "logistic":
             return Pipeline(
                 [
@@ -203,6 +207,9 @@ def _fit(
     Every fit goes through here. init_model (LightGBM only): a Booster whose trees the fit starts
     from and keeps, adding the model's n_estimators trees after them.
     """
+    from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
+
     scaled = weight / weight.mean()
     continued = {} if init_model is None else {"init_model": init_model}
     with threadpool_limits(limits=_THREADS):
@@ -212,6 +219,8 @@ def _fit(
 
 
 def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
     column = list(model.classes_).index(1)
     with threadpool_limits(limits=_THREADS):
         return np.asarray(model.predict_proba(X)[:, column], dtype=np.float64)
@@ -498,6 +507,8 @@ _NATIVE_PARAMS = {
 def _base_booster(base_model: Any) -> tuple[Booster, dict[str, Any], list[str]]:
     """The booster of a fitted binary LightGBM base model (LGBMClassifier or Booster), its
     LGBMClassifier parameters (random_state included) and its feature names."""
+    from lightgbm import Booster, LGBMClassifier
+
     if isinstance(base_model, LGBMClassifier) and base_model.__sklearn_is_fitted__():
         classes = list(base_model.classes_)
         if classes != [0, 1]:

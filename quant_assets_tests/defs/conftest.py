@@ -20,5 +20,9 @@ LENIENT_GATES = {
         "max_drawdown": 1.0,
         "max_ece": 1.0,
         "min_trades": 0,
+        "min_dsr": 0.0,
+        "min_trl_benchmark_sharpe": -1e9,
+        "min_profitable_folds": 0.0,
+        "max_pbo": 1.0,
     }
 }

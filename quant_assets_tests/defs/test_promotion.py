@@ -64,17 +64,32 @@ def test_promotion_rejection_signals_and_rollback(
     assert set(signals["model_version"]) == {first["challenger_version"]}
     assert signals["mlflow_run_id"].n_unique() == 1
 
-    # 2. retrain on the same data: an identical challenger does not beat the champion -> rejected,
-    #    `champion` is gated off, signals are rewritten without duplicates by the same champion
-    outcomes = _run(instance, "*", ["BTCUSDT"], ("4h",), {**FAST, **LENIENT_GATES})
+    # 2. retraining the same configuration on the same data reuses the registered version (no new
+    #    trial); another seed gives a new challenger, which fails a strict gate -> rejected, a
+    #    successful run whose `champion` keeps the champion; signals are rewritten without duplicates
+    _run(instance, "challenger_model", ["BTCUSDT"], ("4h",), FAST)
+    assert len(tracker.client.search_model_versions(f"name='{name}'")) == 1
+    strict = {
+        "champion_challenger_evaluation": {
+            **LENIENT_GATES["champion_challenger_evaluation"],
+            "min_sortino": 1e9,
+        }
+    }
+    other_seed = {"challenger_model": {**FAST["challenger_model"], "seed": 43}}
+    outcomes = _run(instance, "*", ["BTCUSDT"], ("4h",), {**other_seed, **strict})
     assert any("promotion_gates: fail" in o.decisions for o in outcomes)
+    assert all(o.status == "success" for o in outcomes), [
+        (o.planned.label, o.error) for o in outcomes
+    ]
     second = _evaluation(project_dir, "BTCUSDT", "4h")
     assert (
         second["decision"] == "reject" and second["champion_version"] == first["challenger_version"]
     )
-    assert second["challenger_total_return"] == pytest.approx(second["champion_total_return"])
-    assert "beats_champion" in second["reason"]
+    assert second["challenger_version"] != first["challenger_version"]
+    assert "sortino" in second["reason"]
     assert tracker.aliases(name)["champion"] == first["challenger_version"]
+    kept = pl.read_parquet(project_dir / "artifacts" / "champion" / "BTCUSDT" / "4h.parquet")
+    assert kept["decision"][0] == "keep" and kept["champion"][0] == first["challenger_version"]
     again = store.read_signals(symbol="BTCUSDT", timeframe="4h")
     assert again.height == signals.height
     assert again["timestamp"].n_unique() == again.height

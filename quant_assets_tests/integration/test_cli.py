@@ -86,7 +86,9 @@ def test_symbols_and_materialize_on_the_synthetic_source(user_dir: Path, capsys)
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].is_success
         # a backfill run of one partition, tagged with the invocation (the backfill)
-        assert runs[0].tags["dagster/partition"] == "BTCUSDT|1h"
+        tags = runs[0].tags
+        assert tags["dagster/asset_partition_range_start"] == "BTCUSDT|1h"
+        assert tags["dagster/asset_partition_range_end"] == "BTCUSDT|1h"
         assert runs[0].tags["quant_assets/invocation"] == runs[0].tags["dagster/backfill"]
 
 

@@ -77,3 +77,20 @@ def test_backtest_report_png(tmp_path):
         result, str(tmp_path / "report.png"), "toy", metrics={"sharpe": 0.5, "max_drawdown": 0.1}
     )
     _assert_png(path)
+
+
+def test_fold_evidence_png(tmp_path):
+    from quant_assets.lib.plots import fold_evidence_png
+
+    folds = pl.DataFrame(
+        {
+            "fold": [0, 1, 2],
+            "total_return": [0.02, -0.01, float("nan")],
+            "sharpe": [1.5, -0.4, None],
+        }
+    )
+    trials = pl.DataFrame({"sharpe": [0.5, 1.5, -0.2], "selected": [False, True, False]})
+    path = fold_evidence_png(folds, trials, tmp_path / "folds.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="trials lacks"):
+        fold_evidence_png(folds, trials.drop("selected"), tmp_path / "x.png")
