@@ -153,6 +153,24 @@ def _valid_timeframes(
     return coarse_enough
 
 
+def _refuse_invalid_keys(symbols: list[str]) -> None:
+    """Symbol partitions registered from outside the CLI (the UI, GraphQL) that are not valid keys
+    (e.g. `../../x`) are refused before anything runs."""
+    from quant_assets.lib.errors import InvalidPartitionKeyError
+    from quant_assets.lib.symbols import validate_partition_key
+
+    bad = []
+    for symbol in symbols:
+        try:
+            validate_partition_key(symbol)
+        except InvalidPartitionKeyError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise QuantAssetsError(
+            "; ".join(bad) + "; remove them with: quant-assets symbols remove <key>"
+        )
+
+
 def ensure_mlflow_store(settings: Settings) -> None:
     """Create (migrate) the MLflow store once, before any run touches it: two processes creating
     the same fresh SQLite store at once fail (`table ... already exists`). A file lock serializes
@@ -199,6 +217,7 @@ def run_selection(
             )
     else:
         symbols = registered
+        _refuse_invalid_keys(symbols)
     if not symbols:
         raise QuantAssetsError(
             "no symbols registered; add some with: quant-assets symbols add BTCUSDT"
@@ -332,17 +351,30 @@ DEMO_SYNTHETIC_END = "2026-06-30T00:00:00"
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.source != "synthetic" or settings.synthetic_end:
+        return _demo(args, settings)
+    # the demo's data end is pinned, for this process and the daemon and runs it starts (which
+    # read the environment); the live default (the current hour) is left as it was afterwards
+    previous = os.environ.get("QUANT_ASSETS_SYNTHETIC_END")
+    os.environ["QUANT_ASSETS_SYNTHETIC_END"] = DEMO_SYNTHETIC_END
+    try:
+        return _demo(args, load_settings())
+    finally:
+        if previous is None:
+            os.environ.pop("QUANT_ASSETS_SYNTHETIC_END", None)
+        else:
+            os.environ["QUANT_ASSETS_SYNTHETIC_END"] = previous
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from quant_assets.lib.masking import mask_secrets
 
-    if settings.source == "synthetic" and not settings.synthetic_end:
-        # pinned (also for the daemon and the runs, which read the environment)
-        os.environ["QUANT_ASSETS_SYNTHETIC_END"] = DEMO_SYNTHETIC_END
-        settings = load_settings()
     instance = _instance(settings)
     added = register_symbols(settings, instance, list(settings.universe))
     print(
-        f"quant-assets demo: source {mask_secrets(settings.source)}, artifacts {settings.artifacts_path}, "
-        f"instance {settings.dagster_home_path}"
+        f"quant-assets demo: source {mask_secrets(settings.source)}"
+        f"{f' (data up to {settings.synthetic_end})' if settings.synthetic_end else ''}, "
+        f"artifacts {settings.artifacts_path}, instance {settings.dagster_home_path}"
     )
     print(
         f"universe: {', '.join(settings.universe)} (newly registered: {', '.join(added) or 'none'})"

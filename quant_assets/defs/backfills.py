@@ -337,10 +337,13 @@ def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> Backfil
             _count(failed, key),
             _count(target, key),
         )
-    runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
     counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.status.value] = counts.get(run.status.value, 0) + 1
+    for status in dg.DagsterRunStatus:
+        n = instance.get_runs_count(
+            filters=dg.RunsFilter(statuses=[status], tags={"dagster/backfill": backfill_id})
+        )
+        if n:
+            counts[status.value] = n
     return BackfillProgress(
         status=backfill.status.value,
         done=sum(v[0] for v in by_asset.values()),
@@ -386,7 +389,7 @@ def follow_backfill(
     backfill_id: str,
     daemon: ExecutionDaemon,
     log: Callable[[str], None],
-    poll_seconds: float = 1.0,
+    poll_seconds: float = 2.0,
     cancel_timeout: float = 120.0,
 ) -> tuple[BackfillProgress, int | None]:
     """Follow the backfill to its end, printing progress (partitions done / total, elapsed, ETA)
@@ -405,7 +408,7 @@ def follow_backfill(
     try:
         while True:
             progress = backfill_progress(instance, backfill_id)
-            status = instance.get_backfill(backfill_id).status
+            status = BulkActionStatus(progress.status)
             if received and cancel_started is None:
                 cancel_backfill(instance, backfill_id)
                 cancel_started = time.monotonic()

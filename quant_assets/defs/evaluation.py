@@ -30,6 +30,7 @@ from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_e
 from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.signals import resolve_long_threshold
+from quant_assets.lib.sources import source_mismatch
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
 from quant_assets.lib.trials import (
@@ -243,6 +244,42 @@ def _evaluate_partition(
             ]
         )
         return frame, {"decision": "none", "reason": reason}, False, {"reason": reason}
+    mismatch = (
+        source_mismatch(
+            tracker.version_tags(name, record["version"]).get("data_source"),
+            tracker.version_tags(name, champion_version).get("data_source"),
+        )
+        if champion_version
+        else None
+    )
+    if mismatch:  # a decision (a rejection), logged like any other
+        trading_store.get_store().log_promotion(
+            model_name=name,
+            symbol=symbol,
+            timeframe=timeframe,
+            version=record["version"],
+            prior_version=champion_version,
+            action="reject",
+            decided_by="gates",
+            reason=mismatch,
+            gates={},
+            dagster_run_id=context.run.run_id,
+        )
+        frame = pl.DataFrame(
+            [
+                {
+                    "symbol": symbol,
+                    "timeframe": timeframe,
+                    "decision": "reject",
+                    "reason": mismatch,
+                    "model_name": name,
+                    "challenger_version": record["version"],
+                    "champion_version": champion_version,
+                    "gates_json": "{}",
+                }
+            ]
+        )
+        return frame, {"decision": "reject", "reason": mismatch}, False, {"reason": mismatch}
     plan = split_plan_from_frame(walk_forward_splits)
     holdout = training_dataset[plan.holdout_idx]
     atr = features.select("timestamp", "atr_14")

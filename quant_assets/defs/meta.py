@@ -29,6 +29,8 @@ from quant_assets.lib.meta import (
     MetaFilterConfig,
     MetaModel,
     compare_ensembles,
+    degenerate_filter_input,
+    degenerate_meta_input,
     filter_report,
     meta_frame,
     primary_side,
@@ -42,7 +44,7 @@ from quant_assets.lib.meta import (
 from quant_assets.lib.plots import equity_curve_png
 from quant_assets.lib.primary import PrimaryConfig
 from quant_assets.lib.primary import primary_signals as primary_signal_frame
-from quant_assets.lib.promotion import GateConfig, evaluate_gates
+from quant_assets.lib.promotion import GateConfig, ensemble_calibration, evaluate_gates
 from quant_assets.lib.regimes import RegimeConfig, regime_summary, regimes
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.signals import resolve_long_threshold
@@ -253,6 +255,16 @@ def meta_learner(
         max_ece=config.max_ece,
         seed=config.seed,
     )
+    degenerate = degenerate_meta_input(frame, meta_config)
+    if degenerate:  # constant prices, too short a history: skipped like challenger_model
+        context.log.warning(f"{symbol}|{timeframe}: meta-learners skipped: {degenerate}")
+        skipped = {"regime": "all", "status": "skipped", "reason": degenerate}
+        return dg.Output(
+            pl.DataFrame([{**skipped, "model_name": "", "version": "", "run_id": ""}]).with_columns(
+                pl.lit(None, pl.Datetime("us", "UTC")).alias("holdout_start")
+            ),
+            metadata={"status": "skipped", "reason": degenerate, "dagster/row_count": 1},
+        )
     report = train_meta_learners(frame, meta_config)
     tracker = mlflow.get_tracker()
     holdout_start = report.data["timestamp"][int(report.plan.holdout_idx[0])]
@@ -368,9 +380,14 @@ def meta_filter(
         min_events=config.min_events,
         backtest=BacktestSettings(calendar_kind=annualization_kind(ohlcv, timeframe)),
     )
-    result = train_meta_filter(frame, config.primary, filter_config, timeframe=timeframe)
-    if result.model is None:
-        reason = getattr(result.training, "reason", "not trained")
+    degenerate = degenerate_filter_input(frame, config.primary, filter_config)
+    result = (
+        None
+        if degenerate
+        else train_meta_filter(frame, config.primary, filter_config, timeframe=timeframe)
+    )
+    if result is None or result.model is None:
+        reason = degenerate or getattr(result.training, "reason", "not trained")
         context.log.warning(f"{symbol}|{timeframe}: meta filter skipped: {reason}")
         return dg.Output(
             pl.DataFrame([{"variant": "none", "status": "skipped", "reason": reason}]),
@@ -522,6 +539,15 @@ def ensemble_signals(
     by side (MLflow and the metadata). The ensemble is served to `signals` only when it passes the
     promotion gates against the champion direction model on that hold-out."""
     symbol, timeframe = symbol_and_timeframe(context)
+    if meta_learner["holdout_start"][0] is None:  # meta-learners skipped (degenerate data)
+        reason = f"no meta-learners: {meta_learner['reason'][0]}"
+        context.log.warning(f"{symbol}|{timeframe}: ensemble skipped: {reason}")
+        return dg.Output(
+            pl.DataFrame(
+                [{"status": "skipped", "reason": reason, "serving": False, "source": "none"}]
+            ).with_columns(pl.lit("").alias("mlflow_run_id")),
+            metadata={"status": "skipped", "reason": reason, "serving": False},
+        )
     tracker = mlflow.get_tracker()
     cross_sectional_ranks = artifacts.read_ranks(symbol, timeframe)
     frame = meta_frame(ohlcv, features, primary_signals, regime, labels)
@@ -583,8 +609,11 @@ def ensemble_signals(
     )
     # the ensemble's calibration is that of the meta-learners it uses (voting has no probability)
     used = [m.ece for r, m in models.items() if m is not None and r not in reasons]
-    chosen = {**metrics[f"meta_{config.mode}"], "ece": max(used, default=0.0)}
-    decision = evaluate_gates(chosen, metrics.get("champion"), gates)
+    # the ensemble's calibration is its meta-learners'; with none in use (all voting) the gate is
+    # not applicable, with that reason, rather than passing on a vacuous ECE of 0
+    ece, not_applicable = ensemble_calibration(used)
+    chosen = {**metrics[f"meta_{config.mode}"], "ece": ece}
+    decision = evaluate_gates(chosen, metrics.get("champion"), gates, not_applicable=not_applicable)
     workdir = Path(tempfile.mkdtemp(prefix="qa_ensemble_"))
     png = equity_curve_png(
         {k: v.select("timestamp", "equity") for k, v in comparison.per_bar.items()},

@@ -17,8 +17,8 @@ from quant_assets.lib.timeframes import timeframe_seconds
 
 # Dynamic partition names are global per Dagster instance, hence the project prefix.
 SYMBOL_PARTITIONS_NAME = "quant_assets__symbol"
-#: symbols of one batched run when the setting is 0 (auto), at most
-MAX_AUTO_SYMBOLS_PER_RUN = 16
+#: partitions of one batched run when the setting is 0 (auto), at most
+MAX_AUTO_SYMBOLS_PER_RUN = 64
 
 _SETTINGS = load_settings()
 #: the configured timeframes, finest first (the order of the partition grid's columns)
@@ -41,21 +41,24 @@ def watched_symbol_count(settings: Settings) -> int:
 
 
 def symbols_per_run(settings: Settings) -> int:
-    """Symbols a batched run covers: the setting, or the watched symbols spread over the run
-    slots (two slots and four symbols: two runs of two symbols per stage, both cores busy)."""
+    """Partitions of one timeframe a batched run covers: the setting, or enough to keep every run
+    slot busy. Dagster splits a multi-partition backfill into ranges along the dimension with fewer
+    keys (usually one range per timeframe), so the timeframes already run side by side; the
+    symbols of each are spread over the slots left (4 symbols x 3 timeframes on 2 slots: 3 runs of
+    4 partitions per stage)."""
     if settings.symbols_per_run > 0:
         return settings.symbols_per_run
-    spread = math.ceil(watched_symbol_count(settings) / settings.run_slots)
+    ranges = len(CONFIGURED_TIMEFRAMES)
+    runs_per_range = max(1, math.ceil(settings.run_slots / ranges))
+    spread = math.ceil(watched_symbol_count(settings) / runs_per_range)
     return max(1, min(MAX_AUTO_SYMBOLS_PER_RUN, spread))
 
 
 def partition_batch_policy(settings: Settings) -> dg.BackfillPolicy:
-    """Backfill policy of every symbol × timeframe asset: runs of whole symbols (every configured
-    timeframe of each). Dagster reads a multi-partition range as the rectangle symbols × timeframes,
-    so a batch must hold whole rows of the grid: a multiple of the timeframe count."""
-    return dg.BackfillPolicy.multi_run(
-        max_partitions_per_run=symbols_per_run(settings) * len(CONFIGURED_TIMEFRAMES)
-    )
+    """Backfill policy of every symbol × timeframe asset. Each run holds part of one range (one
+    timeframe's symbols, or one symbol's timeframes), so a chunk of it is exactly the partitions it
+    names (Dagster reads a multi-partition range as a rectangle)."""
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=symbols_per_run(settings))
 
 
 #: the policy of every symbol × timeframe asset (timeframe-partitioned ones run all timeframes at once)
@@ -68,20 +71,16 @@ def partition_key(symbol: str, timeframe: str) -> dg.MultiPartitionKey:
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """(symbol, timeframe) of a "SYMBOL|tf" key, validated: a key registered from outside the CLI
-    (the UI, GraphQL, a sensor) must not smuggle a path or an unknown timeframe into a step."""
-    from quant_assets.lib.symbols import normalize_symbol
-    from quant_assets.lib.timeframes import check_timeframe
+    """(symbol, timeframe) of a "SYMBOL|tf" key, validated (lib.symbols.validate_partition_key): a
+    key registered from outside the CLI (the UI, GraphQL, a sensor) must not smuggle a path or an
+    unknown timeframe into a step."""
+    from quant_assets.lib.errors import InvalidPartitionKeyError
+    from quant_assets.lib.symbols import validate_partition_key
 
-    symbol, sep, timeframe = str(key).partition("|")
-    if not sep:
-        raise ValueError(f"expected a SYMBOL|timeframe partition key, got {key!r}")
-    if normalize_symbol(symbol) != symbol:
-        raise ValueError(
-            f"partition key {key!r}: symbol {symbol!r} is not normalised "
-            f"({normalize_symbol(symbol)!r}); register symbols with `quant-assets symbols add`"
-        )
-    return symbol, check_timeframe(timeframe)
+    symbol, timeframe = validate_partition_key(key)
+    if timeframe is None:
+        raise InvalidPartitionKeyError(f"expected a SYMBOL|timeframe partition key, got {key!r}")
+    return symbol, timeframe
 
 
 def registered_symbols(instance: dg.DagsterInstance) -> list[str]:

@@ -4,6 +4,7 @@
 import json
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from quant_assets.defs.batching import each_partition
@@ -15,9 +16,16 @@ from quant_assets.defs.partitions import (
     symbol_timeframe_partitions,
 )
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
+from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
+from quant_assets.lib.performance import annualization
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import apply_ensemble, make_signals, resolve_long_threshold
+from quant_assets.lib.signals import (
+    apply_ensemble,
+    make_signals,
+    resolve_long_threshold,
+    volatility_target_size,
+)
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
@@ -114,6 +122,9 @@ class SignalsConfig(dg.Config):
     tp_mult: float = 1.75
     horizon: int = 5
     """Horizon (bars) recorded with each prediction: the label horizon the model was trained on."""
+    target_vol: float | None = 0.10
+    """Annualized volatility a position is sized to (size = min(target / forecast, 1), the
+    evaluation's convention); None: full size."""
 
 
 @dg.asset(
@@ -193,6 +204,18 @@ def signals(
         pl.lit(version).alias("model_version"),
         pl.lit(model.run_id).alias("mlflow_run_id"),
         pl.lit(config.horizon).alias("horizon"),
+        pl.Series(
+            "size",
+            volatility_target_size(
+                recent["close"],
+                recent["atr_14"],
+                annualization(timeframe, annualization_kind(ohlcv, timeframe)),
+                config.target_vol,
+            )
+            if config.target_vol
+            else np.ones(recent.height),
+        )
+        * (pl.col("side") != 0),
     )
     store = trading_store.get_store()
     store.write_predictions(frame)

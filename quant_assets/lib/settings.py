@@ -75,8 +75,8 @@ class Settings:
     alert_webhook_url: str = ""
     #: Dagster runs executing at once (the run queue's limit); 0 = one per CPU core
     max_concurrent_runs: int = 0
-    #: symbols per batched run of a backfill (each with every timeframe); 0 = spread the watchlist
-    #: over the concurrent runs (at most 16 symbols a run)
+    #: partitions per batched run of a backfill (symbols of one timeframe); 0 = spread the watched
+    #: symbols over the run slots (at most 64 a run)
     symbols_per_run: int = 0
     #: accept a source whose history contradicts stored bars (dropped or changed bars) and reload
     #: the partition in full, recorded in its metadata; false = refuse, keeping the stored bars

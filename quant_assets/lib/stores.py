@@ -135,6 +135,8 @@ agent_signals = sa.Table(
     sa.Column("model_version", sa.Text, nullable=False),
     sa.Column("mlflow_run_id", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # fraction of capital: the volatility-target size (lib.signals.volatility_target_size)
+    sa.Column("size", sa.Float(53), nullable=True),
     sa.UniqueConstraint(*SIGNAL_KEY, name="uq_agent_signals"),
 )
 
@@ -229,6 +231,25 @@ class TradingStore:
             # another process created the tables between the existence check and CREATE TABLE
             # (parallel steps opening a new store); the second pass finds them all
             metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to a table after a store was created (nullable, so existing rows keep
+        working): ALTER TABLE ADD COLUMN on a store that lacks them."""
+        inspector = sa.inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as connection:
+                        connection.execute(
+                            sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+                    pass  # a concurrent process added it first
 
     def dispose(self) -> None:
         self.engine.dispose()

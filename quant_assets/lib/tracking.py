@@ -28,6 +28,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+from quant_assets.lib.masking import mask_secrets
+
 ALIAS_CHALLENGER = "challenger"
 ALIAS_CHAMPION = "champion"
 ALIAS_PRIOR_CHAMPION = "prior_champion"
@@ -212,6 +214,8 @@ class Tracker:
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
+        # a connection string in a tag (the data source) never carries its password
+        tags = {k: mask_secrets(str(v)) for k, v in tags.items()}
         with mlflow.start_run(
             experiment_id=self.experiment_id(experiment), run_name=run_name, tags=tags
         ) as active:
@@ -228,7 +232,7 @@ class Tracker:
         from mlflow.entities import Param
 
         # MLflow caps a param value at 6000 characters; long lists are logged as artifacts too
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        items = [Param(k, mask_secrets(str(v))[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 

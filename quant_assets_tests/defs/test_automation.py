@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from quant_assets.defs.partitions import CONFIGURED_TIMEFRAMES
+from quant_assets.defs.partitions import PARTITION_BATCH
 from quant_assets.lib.health import RUN_TAG_MODE, RUN_TAG_REASONS
 from quant_assets.lib.settings import load_settings
 from quant_assets.lib.stores import TradingStore, sql_url_for
@@ -266,9 +266,7 @@ def test_nightly_retrain_is_one_backfill_of_flagged_partitions(instance, auto_se
     assert requests[0].tags[RUN_TAG_MODE] == "auto"
     graph = harness.defs.resolve_asset_graph()
     policy = graph.get(dg.AssetKey("challenger_model")).backfill_policy
-    # runs of whole symbols: every configured timeframe of each (Dagster reads a multi-partition
-    # range as a rectangle of symbols x timeframes)
-    assert policy.max_partitions_per_run % len(CONFIGURED_TIMEFRAMES) == 0
+    assert policy == PARTITION_BATCH and policy.max_partitions_per_run >= 1
 
 
 def _batched_retrain(harness: Harness, gates: dict) -> dg.ExecuteInProcessResult:

@@ -144,3 +144,21 @@ def test_demo_command_runs_with_its_documented_options(user_dir: Path, capsys, m
     assert code == 0, err
     assert "1/1 asset partitions done" in out
     assert (user_dir / "artifacts" / "ohlcv" / "BTCUSDT" / "1d.parquet").exists()
+
+
+def test_a_partition_key_registered_from_outside_cannot_escape_the_artifacts(
+    user_dir: Path, capsys
+) -> None:
+    """A symbol added through the UI or GraphQL skips the CLI's normalisation: the CLI refuses to
+    run it (exit 2, naming it), and a step given it fails before building any path."""
+    assert _run(capsys, "symbols", "add", "BTCUSDT")[0] == 0
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("quant_assets__symbol", ["../../../escape"])
+    code, _, err = _run(capsys, "materialize", "--select", "ohlcv", "--timeframes", "1d")
+    assert code == 2 and "../../../escape" in err and "symbols remove" in err
+    from quant_assets.defs.partitions import split_key
+    from quant_assets.lib.errors import InvalidPartitionKeyError
+
+    with pytest.raises(InvalidPartitionKeyError, match="escape"):
+        split_key("../../../escape|1d")
+    assert not list(user_dir.parent.glob("escape*"))

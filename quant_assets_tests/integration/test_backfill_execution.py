@@ -1,0 +1,288 @@
+"""The product's execution path end to end: `quant-assets materialize` as a user runs it (a real
+process), one asset backfill executed by Dagster's own daemon, batched runs in parallel, a
+rejected challenger that is a successful run, Ctrl-C/SIGTERM that cancels, concurrent invocations,
+and the same backfill launched the way the UI launches it (GraphQL on a real dagster-webserver)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from quant_assets.defs.backfills import check_outcomes
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).with_name("quant-assets"))
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SPY", "AAPL"]
+
+
+def _env(workdir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("QUANT_ASSETS_", "DAGSTER_", "MLFLOW_"))
+    }
+    env.update(
+        QUANT_ASSETS_TIMEFRAMES="1d",
+        QUANT_ASSETS_SYNTHETIC_START="2023-01-01",
+        QUANT_ASSETS_SYNTHETIC_END="2025-06-30T00:00:00",
+        QUANT_ASSETS_MAX_CONCURRENT_RUNS="2",
+        QUANT_ASSETS_ARTIFACTS=str(workdir / "artifacts"),
+        QUANT_ASSETS_WATCHLIST=str(workdir / "watchlist.txt"),
+        DAGSTER_HOME=str(workdir / ".dagster_home"),
+        **extra,
+    )
+    return env
+
+
+def _cli(workdir: Path, env: dict[str, str], *args: str, timeout: float = 600):
+    return subprocess.run(
+        [CLI, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _instance(workdir: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(workdir / ".dagster_home"))
+
+
+def _backfill_runs(instance: dg.DagsterInstance) -> list:
+    (backfill,) = instance.get_backfills()
+    return backfill, instance.get_run_records(dg.RunsFilter.for_backfill(backfill.backfill_id))
+
+
+def test_pipeline_backfill_runs_batched_in_parallel_and_a_rejection_is_no_failure(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path, QUANT_ASSETS_SYNTHETIC_RANDOM_WALK="true")
+    assert _cli(tmp_path, env, "symbols", "add", *SYMBOLS).returncode == 0
+    done = _cli(tmp_path, env, "materialize", "--select", "*")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "COMPLETED_SUCCESS" in done.stdout
+    assert "promotion gates: 0 of 4 challenger(s) promoted" in done.stdout
+
+    with _instance(tmp_path) as instance:
+        backfill, records = _backfill_runs(instance)
+        runs = [r.dagster_run for r in records]
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        assert backfill.tags["quant_assets/command"] == "materialize"
+        # one range per timeframe (1d here), its four symbols spread over the two run slots
+        ranges = {
+            (
+                run.tags["dagster/asset_partition_range_start"],
+                run.tags["dagster/asset_partition_range_end"],
+            )
+            for run in runs
+            if "dagster/asset_partition_range_start" in run.tags
+        }
+        assert ("BTCUSDT|1d", "ETHUSDT|1d") in ranges and ("SPY|1d", "AAPL|1d") in ranges
+        # far fewer runs than asset partitions (4 symbols x 14 per-partition assets)
+        assert len(runs) <= 16
+        # both cores: at least two runs overlapped in time
+        spans = sorted((r.start_time, r.end_time) for r in records if r.start_time)
+        assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+        # random walks: every challenger rejected, a WARN check result per partition, successful
+        # runs, and `champion` materialized with the decision "keep" (no failed partition)
+        gates = check_outcomes(instance, [r.dagster_run.run_id for r in records], "promotion_gates")
+        assert set(gates) == {f"{s}|1d" for s in SYMBOLS}
+        assert not any(passed for passed, _ in gates.values())
+        for symbol in SYMBOLS:
+            kept = pl.read_parquet(tmp_path / "artifacts" / "champion" / symbol / "1d.parquet")
+            assert kept["decision"][0] == "keep", kept
+        champions = instance.get_materialized_partitions(dg.AssetKey("champion"))
+        assert champions == {f"{s}|1d" for s in SYMBOLS}
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_sigterm_cancels_the_backfill_and_frees_every_slot(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert _cli(tmp_path, env, "symbols", "add", *SYMBOLS[:2]).returncode == 0
+    process = subprocess.Popen(
+        [CLI, "materialize", "--select", "*"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with _instance(tmp_path) as instance:
+
+        def training_started() -> bool:
+            runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            return any("challenger_model" in str(r.asset_selection) for r in runs)
+
+        _wait_for(training_started, 240, "a training run to start")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 128 + signal.SIGTERM, out + err
+        assert "cancelled by SIGTERM" in err
+        backfill, records = _backfill_runs(instance)
+        assert backfill.status.value == "CANCELED"
+        statuses = {r.dagster_run.status for r in records}
+        assert dg.DagsterRunStatus.CANCELED in statuses
+        assert statuses <= {
+            dg.DagsterRunStatus.SUCCESS,
+            dg.DagsterRunStatus.CANCELED,
+            dg.DagsterRunStatus.FAILURE,
+        }
+        storage = instance.event_log_storage
+        for pool in storage.get_concurrency_keys():
+            assert not storage.get_concurrency_info(pool).claimed_slots, pool
+
+
+def test_two_invocations_at_once_on_a_fresh_instance_both_succeed(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert _cli(tmp_path, env, "symbols", "add", *SYMBOLS).returncode == 0
+    procs = [
+        subprocess.Popen(
+            [CLI, "materialize", "--select", "*labels", "--symbols", *pair],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pair in (SYMBOLS[:2], SYMBOLS[2:])
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out + err
+    for symbol in SYMBOLS:
+        assert (tmp_path / "artifacts" / "labels" / symbol / "1d.parquet").exists()
+
+
+def test_mlflow_store_is_created_once_by_concurrent_processes(tmp_path: Path) -> None:
+    code = (
+        "from quant_assets.cli import ensure_mlflow_store\n"
+        "from quant_assets.lib.settings import load_settings\n"
+        "ensure_mlflow_store(load_settings())\n"
+    )
+    env = _env(tmp_path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert (tmp_path / "artifacts" / "mlflow" / "mlflow.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+
+
+def test_a_backfill_launched_as_the_ui_does_gives_the_cli_results(tmp_path: Path) -> None:
+    """The UI's "Materialize all" of ohlcv, features and labels (GraphQL launchPartitionBackfill
+    on a real dagster-webserver), executed by the same daemon, equals the CLI's results."""
+    ui, cli = tmp_path / "ui", tmp_path / "cli"
+    ui.mkdir()
+    cli.mkdir()
+    symbols = SYMBOLS[:2]
+    env_ui, env_cli = _env(ui), _env(cli)
+    for where, env in ((ui, env_ui), (cli, env_cli)):
+        assert _cli(where, env, "symbols", "add", *symbols).returncode == 0
+    assert _cli(cli, env_cli, "materialize", "--select", "*labels").returncode == 0
+
+    port = _free_port()
+    home = ui / ".dagster_home"
+    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
+    webserver = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-webserver")),
+            "-w",
+            str(workspace),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=ui,
+        env={**env_ui, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return _graphql(port, "{ version }", {}).get("data") is not None
+            except OSError:
+                return False
+
+        _wait_for(up, 120, "dagster-webserver to answer")
+        params = {
+            "assetSelection": [{"path": [name]} for name in ("ohlcv", "features", "labels")],
+            "allPartitions": True,
+        }
+        answer = _graphql(port, LAUNCH_BACKFILL, {"params": params})
+        launched = answer["data"]["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", answer
+    finally:
+        webserver.terminate()
+        webserver.wait(timeout=60)
+
+    # the UI needs a daemon: what `quant-assets dev` runs; here the CLI's execution daemon
+    from quant_assets.defs.backfills import ExecutionDaemon, follow_backfill
+
+    saved = os.environ.copy()
+    os.environ.clear()
+    os.environ.update({**env_ui, "DAGSTER_HOME": str(home)})
+    try:
+        with dg.DagsterInstance.get() as instance, ExecutionDaemon(instance, print) as daemon:
+            os.chdir(ui)
+            progress, interrupted = follow_backfill(instance, launched["backfillId"], daemon, print)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert interrupted is None and progress.status == "COMPLETED_SUCCESS"
+    assert progress.done == progress.total == 3 * len(symbols)
+    for symbol in symbols:
+        for asset in ("ohlcv", "features", "labels"):
+            ours = pl.read_parquet(ui / "artifacts" / asset / symbol / "1d.parquet")
+            theirs = pl.read_parquet(cli / "artifacts" / asset / symbol / "1d.parquet")
+            assert ours.equals(theirs), (asset, symbol)
+    shutil.rmtree(tmp_path, ignore_errors=True)
