@@ -472,11 +472,12 @@ def split_plan_from_frame(frame: pl.DataFrame) -> SplitPlan:
         if r["fold"] != HOLDOUT_FOLD
     ]
     hold = [r for r in rows if r["fold"] == HOLDOUT_FOLD]
-    dev = (
-        np.asarray(hold[0]["train_rows"], dtype=np.int64)
-        if hold
-        else np.unique(np.concatenate([np.concatenate([f.train_idx, f.test_idx]) for f in folds]))
-    )
+    if hold:
+        dev = np.asarray(hold[0]["train_rows"], dtype=np.int64)
+    elif folds:
+        dev = np.unique(np.concatenate([np.concatenate([f.train_idx, f.test_idx]) for f in folds]))
+    else:  # too few rows for any fold (recorded by walk_forward_splits; training skips)
+        dev = np.empty(0, dtype=np.int64)
     holdout = (
         np.asarray(hold[0]["test_rows"], dtype=np.int64) if hold else np.empty(0, dtype=np.int64)
     )

@@ -163,3 +163,36 @@ def test_meta_layer_end_to_end_with_fallbacks(instance, meta_project) -> None:
         latest["kind"] == "ensemble_fallback"
         and json.loads(latest["details_json"])["regime"] == row["regime"]
     )
+
+
+def test_degenerate_partition_is_skipped_with_its_reason_not_failed(
+    instance, project_dir, mlflow_uri, monkeypatch
+) -> None:
+    """Constant prices (a halted instrument, a broken feed): every step of the meta layer
+    succeeds, and the meta-learners, the filter and the ensemble say why they skipped."""
+    data = project_dir / "data"
+    data.mkdir()
+    days = pl.date_range(pl.date(2024, 1, 1), pl.date(2024, 12, 31), eager=True)
+    pl.DataFrame(
+        {"date": days, "open": 100.0, "high": 100.0, "low": 100.0, "close": 100.0, "volume": 1e3}
+    ).write_csv(data / "FLATUSDT.csv")
+    monkeypatch.setenv("QUANT_ASSETS_SOURCE", f"files:{data}")
+    monkeypatch.setenv("QUANT_ASSETS_TIMEFRAMES", "1d")
+    register(instance, "FLATUSDT")
+    settings = load_settings()
+    defs = build_defs(settings)
+    for selection in ("*meta_learner", "*meta_filter", "ensemble_signals"):
+        outcomes = execute_plan(
+            defs, plan_runs(defs, selection, ["FLATUSDT"], ["1d"]), instance, asset_config=FAST
+        )
+        assert all(o.status == "success" for o in outcomes), [
+            (o.planned.label, o.error) for o in outcomes
+        ]
+    root = settings.artifacts_path
+    learners = read_parquet(root / "meta_learner" / "FLATUSDT" / "1d.parquet")
+    assert learners["status"].to_list() == ["skipped"]
+    assert "constant" in learners["reason"][0]
+    filtered = read_parquet(root / "meta_filter" / "FLATUSDT" / "1d.parquet")
+    assert filtered["status"][0] == "skipped" and filtered["reason"][0]
+    ensemble = read_parquet(root / "ensemble_signals" / "FLATUSDT" / "1d.parquet")
+    assert ensemble["status"][0] == "skipped" and not ensemble["serving"][0]

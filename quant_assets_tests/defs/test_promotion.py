@@ -136,3 +136,26 @@ def test_nothing_is_promoted_on_a_random_walk(
     log = TradingStore(sql_url_for("", project_dir / "artifacts")).promotion_history()
     assert set(log["action"]) == {"reject"}
     assert pl.Series(decisions).len() == 4
+
+
+def test_a_challenger_from_another_data_source_is_not_compared(
+    instance, project_dir, mlflow_uri, monkeypatch
+) -> None:
+    monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_START", "2025-03-01")
+    monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_END", "2025-06-30T00:00:00")
+    register(instance, "BTCUSDT")
+    name = "direction.BTCUSDT.4h"
+    _run(instance, "*champion", ["BTCUSDT"], ("4h", "1d"), {**FAST, **LENIENT_GATES})
+    tracker = Tracker(mlflow_uri)
+    first = tracker.aliases(name)["champion"]
+    # the same registered name, trained on another source (the random walk), rewriting history
+    monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_RANDOM_WALK", "true")
+    monkeypatch.setenv("QUANT_ASSETS_ALLOW_HISTORY_REWRITE", "true")
+    _run(instance, "*champion", ["BTCUSDT"], ("4h", "1d"), {**FAST, **LENIENT_GATES})
+    evaluation = _evaluation(project_dir, "BTCUSDT", "4h")
+    assert evaluation["decision"] == "reject"
+    assert "different data sources" in evaluation["reason"]
+    assert "random walk" in evaluation["reason"]
+    assert tracker.aliases(name)["champion"] == first
+    store = TradingStore(sql_url_for("", project_dir / "artifacts"))
+    assert store.promotion_history(name)["action"].to_list() == ["promote", "reject"]

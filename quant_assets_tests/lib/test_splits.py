@@ -391,3 +391,14 @@ def test_split_plan_round_trips_through_its_frame() -> None:
         np.testing.assert_array_equal(a.train_idx, b.train_idx)
         np.testing.assert_array_equal(a.test_idx, b.test_idx)
         assert (a.fold, a.n_purged, a.n_embargoed) == (b.fold, b.n_purged, b.n_embargoed)
+
+
+def test_a_plan_without_folds_round_trips_to_an_empty_plan() -> None:
+    """Too few rows for any fold: walk_forward_splits stores an empty table; reading it back gives
+    a plan with no development rows (training then skips), not a crash."""
+    import polars as pl
+
+    from quant_assets.lib.splits import split_plan_from_frame
+
+    plan = split_plan_from_frame(pl.DataFrame())
+    assert plan.dev_idx.size == 0 and plan.holdout_idx.size == 0 and plan.folds == []
