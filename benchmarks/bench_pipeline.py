@@ -199,8 +199,12 @@ def run_reference(symbols: list[str], timeframes: list[str], end: datetime) -> f
         result = train_with_cv(dataset, plan, ModelConfig("lightgbm", 42))
         holdout = frame[plan.holdout_idx]
         prob = predict_proba(result.model, result.calibrator, holdout, result.feature_columns)
-        priced = holdout.select("timestamp").join(bars[(s, t)], on="timestamp")
-        signals = make_signals(priced["timestamp"], priced["close"], holdout["atr_14"], prob)
+        priced = (
+            holdout.select("timestamp")
+            .join(bars[(s, t)], on="timestamp")
+            .join(features.select("timestamp", "atr_14"), on="timestamp")
+        )
+        signals = make_signals(priced["timestamp"], priced["close"], priced["atr_14"], prob)
         window = bars[(s, t)].filter(
             bars[(s, t)]["timestamp"].is_between(
                 priced["timestamp"].min(), priced["timestamp"].max()

@@ -202,6 +202,24 @@ def champion_challenger_evaluation(
     yield from emit(context, outputs)
 
 
+def _log_rejection(
+    context, trading_store, name, symbol, timeframe, record, champion_version, reason, gates
+) -> None:
+    """A rejected challenger's row in promotion_log (promotions are logged by `champion`)."""
+    trading_store.get_store().log_promotion(
+        model_name=name,
+        symbol=symbol,
+        timeframe=timeframe,
+        version=record["version"],
+        prior_version=champion_version,
+        action="reject",
+        decided_by="gates",
+        reason=reason,
+        gates=gates,
+        dagster_run_id=context.run.run_id,
+    )
+
+
 def _evaluate_partition(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
@@ -253,18 +271,8 @@ def _evaluate_partition(
         else None
     )
     if mismatch:  # a decision (a rejection), logged like any other
-        trading_store.get_store().log_promotion(
-            model_name=name,
-            symbol=symbol,
-            timeframe=timeframe,
-            version=record["version"],
-            prior_version=champion_version,
-            action="reject",
-            decided_by="gates",
-            reason=mismatch,
-            gates={},
-            dagster_run_id=context.run.run_id,
-        )
+        _log_rejection(context, trading_store, name, symbol, timeframe, record, champion_version,
+                       mismatch, {})  # fmt: skip
         frame = pl.DataFrame(
             [
                 {
@@ -392,18 +400,9 @@ def _evaluate_partition(
         },
     )
     if not decision.promote:
-        trading_store.get_store().log_promotion(
-            model_name=name,
-            symbol=symbol,
-            timeframe=timeframe,
-            version=record["version"],
-            prior_version=champion_version,
-            action="reject",
-            decided_by="gates",
-            reason=decision.reason,
-            gates={g["name"]: g for g in decision.as_rows()},
-            dagster_run_id=context.run.run_id,
-        )
+        by_name = {g["name"]: g for g in decision.as_rows()}
+        _log_rejection(context, trading_store, name, symbol, timeframe, record, champion_version,
+                       decision.reason, by_name)  # fmt: skip
     out = {
         "symbol": symbol,
         "timeframe": timeframe,

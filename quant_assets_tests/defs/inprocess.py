@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from quant_assets.defs.automation import innermost_message
 from quant_assets.defs.partitions import symbol_timeframe_partitions, timeframe_partitions
 
 # checks that encode a decision (a rejected challenger), not a data problem
@@ -114,16 +115,6 @@ def _blocked_by(run: PlannedRun, failures: Iterable[PlannedRun]) -> PlannedRun |
         elif failed.timeframe is None or run.timeframe is None or failed.timeframe == run.timeframe:
             return failed
     return None
-
-
-def innermost_message(error) -> str:
-    """The message of a step failure's innermost cause: user code errors arrive wrapped in
-    Dagster's own (`Error occurred while executing op ...`), and the cause is the real one."""
-    if error is None:
-        return "unknown error"
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
 
 
 def _step_error(result: dg.ExecuteInProcessResult) -> str:
