@@ -45,9 +45,10 @@ class MarketDataResource(dg.ConfigurableResource):
         from quant_assets.lib.sources import source_identity
 
         if self.source.strip().lower() == "synthetic":
+            # the end is not part of the identity: a longer history of the same series is the
+            # same source (the data window is recorded with each model anyway)
             walk = ", random walk" if self.synthetic_random_walk else ""
-            end = f", end={self.synthetic_end}" if self.synthetic_end else ""
-            return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{end}{walk})"
+            return f"synthetic(seed={self.synthetic_seed}, start={self.synthetic_start}{walk})"
         postgres = self.source.strip().lower().startswith("postgres")
         return source_identity(self.source, table=self.postgres_table if postgres else None)
 
