@@ -204,18 +204,6 @@ def signals(
         pl.lit(version).alias("model_version"),
         pl.lit(model.run_id).alias("mlflow_run_id"),
         pl.lit(config.horizon).alias("horizon"),
-        pl.Series(
-            "size",
-            volatility_target_size(
-                recent["close"],
-                recent["atr_14"],
-                annualization(timeframe, annualization_kind(ohlcv, timeframe)),
-                config.target_vol,
-            )
-            if config.target_vol
-            else np.ones(recent.height),
-        )
-        * (pl.col("side") != 0),
     )
     store = trading_store.get_store()
     store.write_predictions(frame)
@@ -230,6 +218,19 @@ def signals(
             pl.lit(str(ensemble["mlflow_run_id"][0])).alias("mlflow_run_id"),
         )
         served_by = f"ensemble.{symbol}.{timeframe} (run {ensemble['mlflow_run_id'][0]})"
+    # the position's fraction of capital: volatility-target sizing of whatever side is served
+    # (the evaluation's convention); the ensemble's own confidence stays in `strength`
+    target = (
+        volatility_target_size(
+            recent["close"],
+            recent["atr_14"],
+            annualization(timeframe, annualization_kind(ohlcv, timeframe)),
+            config.target_vol,
+        )
+        if config.target_vol
+        else np.ones(recent.height)
+    )
+    frame = frame.with_columns((pl.Series("size", target) * (pl.col("side") != 0)).alias("size"))
     store.write_signals(frame)
     latest = frame.tail(1).row(0, named=True) if frame.height else {}
     return dg.Output(

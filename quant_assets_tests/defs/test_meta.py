@@ -107,7 +107,10 @@ def test_meta_layer_end_to_end_with_fallbacks(instance, meta_project) -> None:
     latest = served.join(serving.select("timestamp", "side", "size"), on="timestamp", suffix="_ens")
     assert latest.height > 0 and set(latest["model_name"]) == {"ensemble.BTCUSDT.4h"}
     assert latest["side"].to_list() == latest["side_ens"].cast(pl.Int64).to_list()
-    assert (latest["strength"] - latest["size"].clip(0.0, 1.0)).abs().max() < 1e-12
+    assert (latest["strength"] - latest["size_ens"].clip(0.0, 1.0)).abs().max() < 1e-12
+    # the size served is the volatility-target fraction of capital, on every bar with a side
+    assert ((latest["size"] > 0) == (latest["side"] != 0)).all()
+    assert latest["size"].max() <= 1.0
     assert _latest_materialization(instance, "signals")["served_by"].value.startswith(
         "ensemble.BTCUSDT.4h"
     )
