@@ -378,12 +378,6 @@ def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str) -> None:
         instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
 
 
-class Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def follow_backfill(
     instance: dg.DagsterInstance,
     backfill_id: str,
@@ -510,7 +504,3 @@ def check_outcomes(
             partition = evaluation.partition or record.event_log_entry.dagster_event.partition
             out[str(partition)] = (evaluation.passed, evaluation.description or "")
     return out
-
-
-def workspace_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "workspace.yaml"
