@@ -403,9 +403,12 @@ def follow_backfill(
         while True:
             progress = backfill_progress(instance, backfill_id)
             status = BulkActionStatus(progress.status)
-            if received and cancel_started is None:
+            if received and status == BulkActionStatus.REQUESTED:
+                # Asked again on every poll: the backfill daemon writes back the copy it read at
+                # the start of its iteration, which can overwrite a CANCELING written meanwhile.
                 cancel_backfill(instance, backfill_id)
-                cancel_started = time.monotonic()
+                if cancel_started is None:
+                    cancel_started = time.monotonic()
             if status in TERMINAL_BACKFILL:
                 return progress, (received[0] if received else None)
             if not daemon.alive():
