@@ -14,6 +14,7 @@ from quant_assets.defs.health import model_health
 from quant_assets.defs.jobs import PIPELINE_JOBS
 from quant_assets.defs.labels import labels
 from quant_assets.defs.meta import META_ASSETS
+from quant_assets.defs.metadata import with_code_references
 from quant_assets.defs.models import (
     challenger_model,
     global_challenger_model,
@@ -47,7 +48,8 @@ def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
     """Everything Dagster loads; `clock` is the time the retrain sensors see (tests move it)."""
     automation = build_automation(settings, clock)
     return dg.Definitions(
-        assets=limited_to_timeframes(ASSETS, settings.timeframes),
+        # code references: every asset links to its source file and line in the UI
+        assets=with_code_references(limited_to_timeframes(ASSETS, settings.timeframes)),
         resources=resources_from_settings(settings),
         schedules=automation["schedules"],
         sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],

@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from quant_assets.lib.reporting import markdown_table
+from quant_assets.defs.metadata import readable_metadata, table
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -44,7 +44,7 @@ def emit(
         only = next(iter(outputs.values()))
         yield dg.Output(
             only.value,
-            metadata=only.metadata,
+            metadata=readable_metadata(only.value, only.metadata),
             data_version=dg.DataVersion(only.data_version) if only.data_version else None,
         )
         yield from only.checks
@@ -53,7 +53,7 @@ def emit(
         metadata = dict(out.metadata)
         if out.data_version:
             metadata["data_version"] = out.data_version
-        context.add_asset_metadata(metadata, partition_key=key)
+        context.add_asset_metadata(readable_metadata(out.value, metadata), partition_key=key)
     yield dg.Output(
         {key: out.value for key, out in outputs.items()},
         metadata={"partitions": len(outputs), "batch": batch_table(outputs)},
@@ -68,7 +68,7 @@ def batch_table(outputs: Mapping[str, PartitionOutput]) -> dg.MetadataValue:
     ]
     import polars as pl
 
-    return dg.MetadataValue.md(markdown_table(pl.DataFrame(rows), max_rows=len(rows)))
+    return table(pl.DataFrame(rows), max_rows=len(rows))
 
 
 def _check_evaluations(

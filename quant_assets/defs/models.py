@@ -474,7 +474,9 @@ def _trained_output(
         "oof_ece",
         "oof_ece_calibrated",
         "holdout_roc_auc",
+        "holdout_brier",
         "holdout_ece",
+        "holdout_ece_calibrated",
     )
     return (
         pl.DataFrame([record]),

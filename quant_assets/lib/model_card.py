@@ -113,6 +113,13 @@ def _default_risks(
     return risks
 
 
+def _fold_count(split_summary: pl.DataFrame) -> int:
+    """Cross-validation folds of a split table; its hold-out row (`fold` -1) is not a fold."""
+    if "fold" not in split_summary.columns:
+        return split_summary.height
+    return int((split_summary["fold"] >= 0).sum())
+
+
 def render_model_card(
     *,
     name: str,
@@ -190,7 +197,7 @@ def render_model_card(
         "",
         "## Split",
         "",
-        f"{split_summary.height} folds over the development rows; the hold-out "
+        f"{_fold_count(split_summary)} folds over the development rows; the hold-out "
         f"({int(holdout_metrics['holdout_n']) if 'holdout_n' in holdout_metrics else 'no'} rows) "
         "is the latest data, never used for fitting.",
         "",

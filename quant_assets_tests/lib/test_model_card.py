@@ -182,3 +182,16 @@ def test_a_card_of_a_real_training_run_shows_its_numbers(trained) -> None:
     assert f"fitted on the {result.oof.height} out-of-fold predictions" in card
     per_fold = card.split("### Per fold", 1)[1].split("## Top features", 1)[0]
     assert sum(line.startswith("| ") for line in per_fold.splitlines()) == 1 + 3  # header + folds
+
+
+def test_the_hold_out_row_of_a_stored_plan_is_not_counted_as_a_fold() -> None:
+    """`walk_forward_splits` stores the plan with its hold-out as row `fold = -1`."""
+    from quant_assets.lib.splits import split_plan_frame
+
+    timestamps = pl.datetime_range(START, START + timedelta(hours=99), "1h", eager=True)
+    plan = make_splits(
+        "purged_kfold", 100, list(range(100)), [i + 3 for i in range(100)], n_splits=4
+    )
+    stored = split_plan_frame(plan, timestamps).drop("train_rows", "test_rows", "scheme")
+    assert stored.height == 5
+    assert "4 folds over the development rows" in _section(_card(split_summary=stored), "## Split")
