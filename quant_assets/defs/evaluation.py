@@ -29,7 +29,7 @@ from quant_assets.lib.performance import annualization
 from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_evidence_png
 from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import resolve_long_threshold
+from quant_assets.lib.signals import resolve_long_threshold, resolve_short_threshold
 from quant_assets.lib.sources import source_mismatch
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
@@ -89,6 +89,12 @@ class EvaluationConfig(dg.Config):
     """Calibrated take-profit probability from which a bar gets a long signal; default: each model's
     own threshold, chosen on its out-of-fold predictions at training (tag `decision_threshold`),
     else the break-even probability of the barriers (sl / (tp + sl)) plus `edge`."""
+    threshold_short: float | None = None
+    """Calibrated take-profit probability at or below which a bar gets a short signal; default: the
+    model's own short threshold (tag `decision_threshold_short`, chosen on its out-of-fold
+    predictions), else no shorts."""
+    shorts: bool = True
+    """Backtest (and gate) short signals as well as long ones."""
     edge: float = 0.05
     tp_mult: float = 1.75
     sl_mult: float = 1.0
@@ -105,6 +111,13 @@ class EvaluationConfig(dg.Config):
     def long_threshold(self, model: LoadedModel) -> float:
         return resolve_long_threshold(
             self.threshold_long, model.decision_threshold, self.tp_mult, self.sl_mult, self.edge
+        )
+
+    def short_threshold(self, model: LoadedModel) -> float | None:
+        if not self.shorts:
+            return None
+        return resolve_short_threshold(
+            self.threshold_short, model.decision_threshold_short, self.long_threshold(model)
         )
 
     def gate_config(self) -> GateConfig:
@@ -148,6 +161,7 @@ def score_on_holdout(
         config.trade_rules(),
         n_trials,
         trials_variance,
+        threshold_short=config.short_threshold(model),
     )
 
 

@@ -49,7 +49,7 @@ from quant_assets.lib.live import training_signal_quality
 from quant_assets.lib.model_card import render_model_card
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.retrain import ModelState, next_version
-from quant_assets.lib.signals import choose_long_threshold
+from quant_assets.lib.signals import choose_long_threshold, choose_short_threshold
 from quant_assets.lib.splits import (
     SplitConfig,
     SplitPlan,
@@ -345,6 +345,10 @@ def log_training_run(
         threshold,
     )
     tags = {**tags, "decision_threshold": f"{threshold:.2f}", "config_id": config_id}
+    if searched and not result.oof.is_empty():
+        # the short side's threshold, chosen the same way on the same out-of-fold predictions
+        short = choose_short_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
+        tags["decision_threshold_short"] = "" if short is None else f"{short:.2f}"
     workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
     with tracker.run(experiment, run_name, tags) as run_id:
         tracker.log_params(
@@ -691,6 +695,7 @@ def _train_partition(
                 {
                     "base_version": status.version or "",
                     "decision_threshold": champion.tags.get("decision_threshold", "0.5"),
+                    "decision_threshold_short": champion.tags.get("decision_threshold_short", ""),
                 }
                 if mode == "incremental"
                 else {}

@@ -1,8 +1,10 @@
 """Trade signals from a model's probabilities: side, strength, entry and ATR-based stop/take-profit.
 
-The model's target is "take-profit hit before the stop for a LONG entry", so prob_up only speaks
-for longs: by default (threshold_short=None) only long signals are emitted. A low prob_up means
-"a long would likely stop out", not "a short would win"; shorts need a short-side model.
+The model's target is "take-profit hit before the stop for a LONG entry". A low prob_up means "a
+long would likely stop out", which is not by itself "a short would win": a short threshold is only
+used when it was chosen on the model's out-of-fold predictions against the realized short return
+(`choose_short_threshold`) and showed an edge there; without one (threshold_short=None) only long
+signals are emitted.
 """
 
 from __future__ import annotations
@@ -260,6 +262,41 @@ def choose_long_threshold(
         if eligible and mean > 0 and score > best_score:
             best, best_score = float(threshold), float(score)
     return best
+
+
+def choose_short_threshold(
+    prob: ArrayLike,
+    trade_return: ArrayLike,
+    *,
+    cost: float = THRESHOLD_COST,
+    min_trades: int = THRESHOLD_MIN_TRADES,
+) -> float | None:
+    """The short threshold, chosen like the long one on OUT-OF-FOLD predictions: short the bars
+    with prob <= threshold, scored on the short's return `-trade_return - cost` (the long label
+    trade's realized return negated: a short held over the same bars to the same exit), among the
+    candidates trading the bottom 50/30/20/10/5 % of probabilities (the mirror of the long grid).
+    None when no candidate has a positive mean (no downside edge): then no shorts are emitted.
+
+    The mirror is exact: `choose_long_threshold` on (1 - prob, -trade_return) with the grid of
+    1 - prob's quantiles, then mapped back by t -> 1 - t."""
+    p = np.asarray(prob, dtype=np.float64)
+    r = np.asarray(trade_return, dtype=np.float64)
+    flipped = choose_long_threshold(
+        1.0 - p, -r, cost=cost, min_trades=min_trades, fallback=math.nan
+    )
+    return None if math.isnan(flipped) else round(1.0 - flipped, 2)
+
+
+def resolve_short_threshold(
+    explicit: float | None, model_threshold: float | None, threshold_long: float
+) -> float | None:
+    """The short threshold in force: an explicit one, else the model's own (tag
+    `decision_threshold_short`, chosen on its out-of-fold predictions), else None (no shorts);
+    None too when it would not lie below the long threshold."""
+    chosen = explicit if explicit is not None else model_threshold
+    if chosen is None or not 0.0 < chosen < threshold_long:
+        return None
+    return chosen
 
 
 def apply_ensemble(

@@ -157,6 +157,13 @@ class LoadedModel:
         value = self.tags.get("decision_threshold")
         return float(value) if value else None
 
+    @property
+    def decision_threshold_short(self) -> float | None:
+        """The short threshold chosen on this model's out-of-fold predictions (tag
+        `decision_threshold_short`); None when none showed a downside edge (no shorts)."""
+        value = self.tags.get("decision_threshold_short")
+        return float(value) if value else None
+
     def predict_proba(self, frame: Any) -> np.ndarray:
         """Calibrated probability of the positive class for each row of a polars frame."""
         import polars as pl

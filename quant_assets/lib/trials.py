@@ -111,15 +111,18 @@ def strategy_backtest(
     periods_per_year: float,
     rules: TradeRules,
     window: tuple[Any, Any] | None = None,
+    threshold_short: float | None = None,
 ) -> BacktestResult:
-    """Backtest of long signals from `prob` on the rows of `priced` (timestamp, close, atr_14),
-    over the bars from the first to the last priced timestamp (or `window`)."""
+    """Backtest of long (and, with `threshold_short`, short) signals from `prob` on the rows of
+    `priced` (timestamp, close, atr_14), over the bars from the first to the last priced timestamp
+    (or `window`)."""
     signals = make_signals(
         priced["timestamp"],
         priced["close"],
         priced["atr_14"],
         prob,
         threshold_long=threshold,
+        threshold_short=threshold_short,
         sl_mult=rules.sl_mult,
         tp_mult=rules.tp_mult,
     )
@@ -322,11 +325,23 @@ def holdout_scores(
     rules: TradeRules,
     n_trials: int = 1,
     trials_variance: float | None = None,
+    threshold_short: float | None = None,
 ) -> tuple[dict[str, float], BacktestResult]:
     """Classification and backtest metrics of one model's calibrated probabilities on the hold-out
-    rows (`priced`: timestamp, close, atr_14, in the order of `y` and `prob`)."""
+    rows (`priced`: timestamp, close, atr_14, in the order of `y` and `prob`); long and short
+    trades when `threshold_short` is set (`short_trades` counts the shorts)."""
     metrics = {k: float(v) for k, v in classification_metrics(y, prob).items()}
-    result = strategy_backtest(bars, priced, prob, threshold, timeframe, periods_per_year, rules)
+    result = strategy_backtest(
+        bars,
+        priced,
+        prob,
+        threshold,
+        timeframe,
+        periods_per_year,
+        rules,
+        threshold_short=threshold_short,
+    )
+    metrics["short_trades"] = float((result.trades["side"] == -1).sum())
     performance = performance_metrics(
         result, None, periods_per_year, n_trials=n_trials, trials_sharpe_variance=trials_variance
     )
