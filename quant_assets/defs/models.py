@@ -59,6 +59,7 @@ from quant_assets.lib.splits import (
 )
 from quant_assets.lib.tracking import ALIAS_CHALLENGER, Tracker, git_commit, registered_model_name
 from quant_assets.lib.training import (
+    INCREMENTAL_TYPES,
     ModelConfig,
     SkippedTraining,
     TrainingResult,
@@ -120,7 +121,9 @@ class SplitsConfig(dg.Config):
 class ModelTrainingConfig(dg.Config):
     """Model type and hyperparameters (overrides of lib.training.DEFAULT_PARAMS), editable in the Launchpad."""
 
-    model_type: Literal["lightgbm", "logistic", "gradient_boosting", "random_forest"] = "lightgbm"
+    model_type: Literal["lightgbm", "xgboost", "logistic", "gradient_boosting", "random_forest"] = (
+        "lightgbm"
+    )
     params: dict[str, Any] = {}
     seed: int = 42
     calibration: Literal["isotonic", "sigmoid", "none"] = "isotonic"
@@ -519,7 +522,7 @@ def batch_output(
     partitions_def=symbol_timeframe_partitions,
     deps=[training_dataset, walk_forward_splits],
     group_name="training",
-    kinds={"lightgbm", "scikitlearn", "mlflow"},
+    kinds={"lightgbm", "xgboost", "scikitlearn", "mlflow"},
     code_version=CODE_VERSION,
     pool="mlflow",
     tags={"quant_assets/kind": "training"},
@@ -599,6 +602,13 @@ def _train_partition(
     result = None
     if mode == "incremental":
         champion = tracker.load_model(status.model_name, status.version)
+    if mode == "incremental" and champion.model_type != config.model_type:
+        why_complete = (
+            f"the champion is a {champion.model_type} model, config asks for {config.model_type}; "
+            "trained from scratch"
+        )
+        mode = "complete"
+    if mode == "incremental":
         result = continue_training(
             dataset,
             plan,
@@ -730,8 +740,10 @@ def _resolve_mode(
         return "complete", "no champion to continue; trained from scratch"
     if status.fitted_through is None:
         return "complete", "the champion does not record the rows it was fitted on"
-    if config.model_type != "lightgbm":
-        return "complete", f"incremental retraining needs lightgbm, config has {config.model_type}"
+    if config.model_type not in INCREMENTAL_TYPES:
+        return "complete", (
+            f"incremental retraining needs one of {INCREMENTAL_TYPES}, config has {config.model_type}"
+        )
     if status.state.incremental_steps >= max_steps:
         return "complete", f"{status.state.incremental_steps} incremental steps in a row"
     return "incremental", ""

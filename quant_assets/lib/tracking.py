@@ -72,10 +72,16 @@ def verify_model_artifact(name: str, version: str, recorded: str | None, local: 
         )
 
 
-def pip_requirements() -> list[str]:
-    """What a loaded model needs, pinned to the versions that trained it."""
+def pip_requirements(model_type: str = "lightgbm") -> list[str]:
+    """What a loaded model needs, pinned to the versions that trained it (XGBoost is installed
+    from the `xgboost-cpu` distribution here; a loader may use either)."""
     packages = ("lightgbm", "scikit-learn", "numpy", "pandas", "scipy")
-    return [f"{p}=={version(p)}" for p in packages]
+    pinned = [f"{p}=={version(p)}" for p in packages]
+    if model_type == "xgboost":
+        import xgboost
+
+        pinned.append(f"xgboost=={xgboost.__version__}")
+    return pinned
 
 
 def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:
@@ -284,7 +290,8 @@ class Tracker:
     ) -> RegisteredVersion:
         """Log the model in its native format inside the active run and register a new version.
 
-        LightGBM: the native booster (LightGBM's own text model format). scikit-learn estimators:
+        LightGBM: the native booster (LightGBM's own text model format). XGBoost: the classifier in
+        XGBoost's JSON format (its booster carries the fitted parameters). scikit-learn estimators:
         cloudpickle, stated explicitly (skops cannot load every pipeline we train without a list
         of trusted types); load them only from a registry you trust.
         """
@@ -296,7 +303,7 @@ class Tracker:
             name="model",
             signature=signature,
             input_example=input_example.head(5),
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(model_type),
             registered_model_name=registered_name,
             await_registration_for=0,
         )
@@ -307,6 +314,9 @@ class Tracker:
             warnings.filterwarnings("ignore", message="X has feature names")
             if model_type == "lightgbm":
                 info = mlflow.lightgbm.log_model(model.booster_, **common)
+            elif model_type == "xgboost":
+                # the classifier in XGBoost's own JSON format; loads back as an XGBClassifier
+                info = mlflow.xgboost.log_model(model, model_format="json", **common)
             else:
                 info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
         version = str(info.registered_model_version)
@@ -341,7 +351,8 @@ class Tracker:
                 artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
             )
             verify_model_artifact(name, str(version), mv.tags.get(ARTIFACT_HASH_TAG), local)
-            flavor = mlflow.lightgbm if model_type == "lightgbm" else mlflow.sklearn
+            flavors = {"lightgbm": mlflow.lightgbm, "xgboost": mlflow.xgboost}
+            flavor = flavors.get(model_type, mlflow.sklearn)
             model = flavor.load_model(local)
         artifacts = {a.path for a in self.client.list_artifacts(mv.run_id)}
         calibrator = None

@@ -1,10 +1,12 @@
 """Cross-validated training of a binary classifier on a TrainingDataset: out-of-fold predictions and
 per-fold metrics, a calibrator fitted on out-of-fold predictions only, the final model refit on every
 development row, and its scores on the untouched hold-out; and incremental LightGBM training that
-adds trees to a champion on the development rows labelled since it was trained."""
+adds trees to a champion on the development rows labelled since it was trained (XGBoost likewise,
+through `xgb_model=`)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +26,19 @@ from quant_assets.lib.metrics import classification_metrics
 from quant_assets.lib.retrain import RetrainMode
 from quant_assets.lib.splits import SplitPlan
 
-ModelType = Literal["lightgbm", "logistic", "gradient_boosting", "random_forest"]
-MODEL_TYPES: tuple[str, ...] = ("lightgbm", "logistic", "gradient_boosting", "random_forest")
+ModelType = Literal["lightgbm", "xgboost", "logistic", "gradient_boosting", "random_forest"]
+MODEL_TYPES: tuple[str, ...] = (
+    "lightgbm",
+    "xgboost",
+    "logistic",
+    "gradient_boosting",
+    "random_forest",
+)
+#: Model types whose fitted model can be continued with more trees (continue_training).
+INCREMENTAL_TYPES: tuple[str, ...] = ("lightgbm", "xgboost")
+#: Booster attribute holding an XGBoost model's estimator parameters: XGBoost's model file keeps the
+#: trees but not the scikit-learn hyperparameters, which a registry model needs to be continued.
+XGB_PARAMS_ATTR = "quant_assets_params"
 CalibrationChoice = Literal["isotonic", "sigmoid", "none"]
 CALIBRATIONS: tuple[str, ...] = ("isotonic", "sigmoid", "none")
 
@@ -41,6 +54,11 @@ CALIBRATIONS: tuple[str, ...] = ("isotonic", "sigmoid", "none")
 #:   sample weights, scikit-learn 1.9 finds bin edges by one weighted-percentile call per bin and
 #:   feature, a fixed ~4 s per fit at 255 bins (sped up upstream in scikit-learn PR #34248); 63
 #:   candidate thresholds per feature are plenty for depth-3 trees.
+#: - xgboost: XGBClassifier, histogram trees, one thread (deterministic for a seed); depth-wise trees
+#:   of depth 4 (about the 15 leaves of the LightGBM default); min_child_weight is a hessian sum
+#:   (p(1-p) <= 0.25 per unit weight), so 5 asks for at least ~20 rows per leaf.
+#:   seed_per_iteration: without it a continued model (xgb_model=) draws its row and column
+#:   samples from the process's random state, so two identical increments differed (measured).
 #: - random_forest: RandomForestClassifier, one thread.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "lightgbm": {
@@ -56,6 +74,19 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "deterministic": True,
         "force_row_wise": True,
         "verbose": -1,
+    },
+    "xgboost": {
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "max_depth": 4,
+        "min_child_weight": 5.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 1.0,
+        "tree_method": "hist",
+        "seed_per_iteration": True,
+        "n_jobs": 1,
+        "verbosity": 0,
     },
     "logistic": {"C": 1.0, "l1_ratio": 0.0, "max_iter": 1000},
     "gradient_boosting": {
@@ -177,6 +208,10 @@ def make_model(config: ModelConfig) -> Any:
             from lightgbm import LGBMClassifier
 
             return LGBMClassifier(random_state=config.seed, **params)
+        if config.model_type == "xgboost":
+            from xgboost import XGBClassifier
+
+            return XGBClassifier(random_state=config.seed, **params)
         from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
@@ -204,18 +239,24 @@ def _fit(
     """Fit `model` with sample weights scaled to mean 1, so regularisation strength (C, reg_lambda,
     min_child_weight) means the same whatever the average label uniqueness of the data is.
 
-    Every fit goes through here. init_model (LightGBM only): a Booster whose trees the fit starts
-    from and keeps, adding the model's n_estimators trees after them.
+    Every fit goes through here. init_model (LightGBM, XGBoost): a Booster whose trees the fit
+    starts from and keeps, adding the model's n_estimators trees after them. An XGBoost model records
+    its parameters in its booster (XGB_PARAMS_ATTR), so a registry copy can be continued alike.
     """
     from sklearn.pipeline import Pipeline
     from threadpoolctl import threadpool_limits
 
     scaled = weight / weight.mean()
-    continued = {} if init_model is None else {"init_model": init_model}
+    xgb = type(model).__name__ == "XGBClassifier"
+    continued = {} if init_model is None else {"xgb_model" if xgb else "init_model": init_model}
     with threadpool_limits(limits=_THREADS):
         if isinstance(model, Pipeline):
             return model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": scaled})
-        return model.fit(X, y, sample_weight=scaled, **continued)
+        fitted = model.fit(X, y, sample_weight=scaled, **continued)
+    if xgb:
+        params = {k: v for k, v in model.get_params().items() if v is not None and k != "missing"}
+        fitted.get_booster().set_attr(**{XGB_PARAMS_ATTR: json.dumps(params, default=str)})
+    return fitted
 
 
 def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
@@ -244,10 +285,15 @@ def predict_proba(
 def feature_importances(
     model: Any, config: ModelConfig, feature_columns: list[str]
 ) -> pl.DataFrame:
-    """feature, importance (descending): total split gain for lightgbm and gradient_boosting, |coef|
-    on standardized features for logistic, mean impurity decrease for random_forest."""
+    """feature, importance (descending): total split gain for lightgbm, xgboost and
+    gradient_boosting, |coef| on standardized features for logistic, mean impurity decrease for
+    random_forest."""
     if config.model_type == "lightgbm":
         values = model.booster_.feature_importance(importance_type="gain")
+    elif config.model_type == "xgboost":
+        # fitted on arrays, the booster names features f0, f1, ...; unused features have no entry
+        gains = model.get_booster().get_score(importance_type="total_gain")
+        values = [gains.get(f"f{i}", 0.0) for i in range(len(feature_columns))]
     elif config.model_type == "logistic":
         values = np.abs(model.steps[-1][1].coef_[0])
     elif config.model_type == "gradient_boosting":
@@ -504,16 +550,61 @@ _NATIVE_PARAMS = {
 }
 
 
-def _base_booster(base_model: Any) -> tuple[Booster, dict[str, Any], list[str]]:
-    """The booster of a fitted binary LightGBM base model (LGBMClassifier or Booster), its
-    LGBMClassifier parameters (random_state included) and its feature names."""
+def _base_xgboost(base_model: Any) -> tuple[Any, dict[str, Any], list[str]]:
+    """The booster of a fitted binary XGBoost base model (XGBClassifier, as the registry loads it, or
+    its Booster), the XGBClassifier parameters it was fitted with (recorded in the booster by _fit;
+    random_state included) and its feature names (f0, f1, ... for a model fitted on an array)."""
+    from xgboost import Booster, XGBClassifier
+
+    if isinstance(base_model, XGBClassifier):
+        if not base_model.__sklearn_is_fitted__():
+            raise ModelConfigError("continue_training needs a fitted base_model, got an unfitted XGBClassifier")
+        classes = list(base_model.classes_)
+        if classes != [0, 1]:
+            raise ModelConfigError(f"the base model must be a 0/1 classifier, not of {classes}")
+        booster = base_model.get_booster()
+    else:
+        booster = base_model
+    objective = json.loads(booster.save_config())["learner"]["learner_train_param"]["objective"]
+    if objective != "binary:logistic":
+        raise ModelConfigError(f"the base booster's objective is {objective!r}, not 'binary:logistic'")
+    recorded = booster.attr(XGB_PARAMS_ATTR)
+    if recorded is None:
+        raise ModelConfigError(
+            "the XGBoost base model does not record its parameters (it was not fitted by "
+            "quant_assets.lib.training); train it again to continue it"
+        )
+    params = json.loads(recorded)
+    names = booster.feature_names or [f"f{i}" for i in range(booster.num_features())]
+    return booster, params, list(names)
+
+
+def _tree_count(model: Any) -> int:
+    """Trees (boosting rounds) of a fitted LightGBM or XGBoost classifier or booster."""
+    if hasattr(model, "booster_"):
+        return model.booster_.num_trees()
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    return booster.num_boosted_rounds() if hasattr(booster, "num_boosted_rounds") else booster.num_trees()
+
+
+def _base_booster(base_model: Any) -> tuple[Any, dict[str, Any], list[str], str]:
+    """The booster of a fitted binary LightGBM or XGBoost base model (classifier or Booster), its
+    classifier parameters (random_state included), its feature names and its model type."""
     from lightgbm import Booster, LGBMClassifier
+
+    if type(base_model).__module__.startswith("xgboost"):
+        return (*_base_xgboost(base_model), "xgboost")
 
     if isinstance(base_model, LGBMClassifier) and base_model.__sklearn_is_fitted__():
         classes = list(base_model.classes_)
         if classes != [0, 1]:
             raise ModelConfigError(f"the base model must be a 0/1 classifier, not of {classes}")
-        return base_model.booster_, base_model.get_params(), list(base_model.feature_name_)
+        return (
+            base_model.booster_,
+            base_model.get_params(),
+            list(base_model.feature_name_),
+            "lightgbm",
+        )
     if isinstance(base_model, Booster):
         native = base_model.params
         if native.get("objective") != "binary":
@@ -525,9 +616,10 @@ def _base_booster(base_model: Any) -> tuple[Booster, dict[str, Any], list[str]]:
             for name, sk in _NATIVE_PARAMS.items()
             if name in native or sk in native
         }
-        return base_model, DEFAULT_PARAMS["lightgbm"] | params, base_model.feature_name()
+        return base_model, DEFAULT_PARAMS["lightgbm"] | params, base_model.feature_name(), "lightgbm"
     raise ModelConfigError(
-        "continue_training needs a fitted LightGBM base_model (LGBMClassifier or Booster), got "
+        "continue_training needs a fitted XGBoost (XGBClassifier or Booster) or LightGBM "
+        "base_model (LGBMClassifier or Booster), got "
         f"{'an unfitted ' if isinstance(base_model, LGBMClassifier) else ''}"
         f"{type(base_model).__name__}"
     )
@@ -549,7 +641,8 @@ def _base_feature_columns(
         hint = ""
         if feature_columns is None:
             hint = (
-                "; a model fitted on a numpy array knows its features only as Column_0, ...: pass "
+                "; a model fitted on a numpy array knows its features only as Column_0 (LightGBM) "
+                "or f0 (XGBoost), ...: pass "
                 "feature_columns= (TrainingResult.feature_columns, LoadedModel.feature_columns)"
             )
         raise ModelConfigError(
@@ -562,7 +655,7 @@ def _base_feature_columns(
 def continue_training(
     dataset: TrainingDataset,
     plan: SplitPlan,
-    base_model: LGBMClassifier | Booster,
+    base_model: LGBMClassifier | Booster | Any,
     base_calibrator: Calibrator | None,
     trained_through: datetime,
     *,
@@ -571,10 +664,13 @@ def continue_training(
     min_new_rows: int = 10,
     log: Callable[[str], None] | None = None,
 ) -> TrainingResult | SkippedTraining:
-    """Add `extra_trees` LightGBM trees to `base_model`, fitted on the development rows of `plan`
-    whose timestamp is after `trained_through` (the newest timestamp the base model was fitted on).
-    base_model: a fitted binary LGBMClassifier, or the Booster a registry load returns (its
+    """Add `extra_trees` LightGBM or XGBoost trees to `base_model`, fitted on the development rows of
+    `plan` whose timestamp is after `trained_through` (the newest timestamp the base model was fitted
+    on). base_model: a fitted binary LGBMClassifier, or the Booster a registry load returns (its
     parameters read back from LightGBM's names); the result's model is an LGBMClassifier either way.
+    Or a fitted binary XGBClassifier (what the registry loads) or its Booster, continued with
+    XGBClassifier.fit(xgb_model=booster) and the parameters recorded in the booster; its
+    min_child_weight is kept (a hessian sum, not a row count) and Increment.min_child_samples is 0.
 
     Leak-free by construction: those rows were in the base model's hold-out, never fitted, and the
     new hold-out (`plan.holdout_idx`, the latest rows) is only scored. The new trees start from the
@@ -595,7 +691,7 @@ def continue_training(
     """
     started = time.perf_counter()
     say = log or (lambda _message: None)
-    base_booster, params, model_names = _base_booster(base_model)
+    base_booster, params, model_names, model_type = _base_booster(base_model)
     if isinstance(extra_trees, bool) or not isinstance(extra_trees, int) or extra_trees < 1:
         raise ModelConfigError(f"extra_trees must be a positive integer, got {extra_trees!r}")
     if trained_through.tzinfo is None or trained_through.utcoffset() is None:
@@ -623,17 +719,21 @@ def continue_training(
     X = _feature_matrix(frame, names, "continue_training(dataset)")
 
     seed = params.pop("random_state")
-    min_child = incremental_min_child_samples(params["min_child_samples"], new.size)
+    if model_type == "lightgbm":
+        min_child = incremental_min_child_samples(params["min_child_samples"], new.size)
+        leaf = {"min_child_samples": min_child}
+    else:
+        min_child, leaf = 0, {}
     config = ModelConfig(
-        model_type="lightgbm",
+        model_type=model_type,
         seed=seed,
-        params=params | {"n_estimators": extra_trees, "min_child_samples": min_child},
+        params=params | {"n_estimators": extra_trees} | leaf,
         calibration="none" if base_calibrator is None else base_calibrator.method,
     )
     model = _fit(make_model(config), X[new], y[new], weight[new], init_model=base_booster)
     fitted = time.perf_counter()
 
-    base_trees, total_trees = base_booster.num_trees(), model.booster_.num_trees()
+    base_trees, total_trees = _tree_count(base_booster), _tree_count(model)
     increment = Increment(
         n_new_rows=int(new.size),
         base_trees=base_trees,
@@ -647,7 +747,8 @@ def continue_training(
     )
     say(
         f"incremental: {increment.new_trees} trees on {base_trees} fitted on {new.size} rows after "
-        f"{trained_through.isoformat()} (min_child_samples {min_child})"
+        f"{trained_through.isoformat()}"
+        + (f" (min_child_samples {min_child})" if model_type == "lightgbm" else " (xgboost)")
         + (f"; hold-out auc {holdout_metrics['holdout_roc_auc']:.4f}" if n_hold else "")
     )
     no_rows = np.empty(0, dtype=np.int64)

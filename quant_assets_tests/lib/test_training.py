@@ -33,6 +33,7 @@ from quant_assets_tests.lib.test_datasets import pipeline_frames
 START = datetime(2022, 1, 1, tzinfo=UTC)
 FAST = {
     "lightgbm": {"n_estimators": 30},
+    "xgboost": {"n_estimators": 30},
     "logistic": {},
     "gradient_boosting": {"max_iter": 30, "max_bins": 15},  # weighted binning costs per bin
     "random_forest": {"n_estimators": 15},
@@ -184,7 +185,7 @@ def test_calibrated_oof_probabilities_are_cross_fitted(btc) -> None:
     np.testing.assert_array_equal(result.calibrator.predict(probe), pooled.predict(probe))
 
 
-@pytest.mark.parametrize("model_type", ["lightgbm", "random_forest"])
+@pytest.mark.parametrize("model_type", ["lightgbm", "xgboost", "random_forest"])
 def test_training_twice_gives_identical_results_and_the_seed_matters(btc, model_type) -> None:
     ds = _head(btc, 3000)
     plan = _plan(ds, n_splits=3, embargo=0)
@@ -202,7 +203,7 @@ def test_training_twice_gives_identical_results_and_the_seed_matters(btc, model_
 
 
 @pytest.mark.parametrize(
-    "model_type", ["lightgbm", "logistic", "gradient_boosting", "random_forest"]
+    "model_type", ["lightgbm", "xgboost", "logistic", "gradient_boosting", "random_forest"]
 )
 def test_every_model_type_trains_and_scores(btc, model_type) -> None:
     ds = _head(btc, 4000)
@@ -325,8 +326,8 @@ def test_model_config_validates_and_merges_params() -> None:
     assert config.model_params()["num_leaves"] == 7
     assert config.model_params()["n_estimators"] == 200
     assert make_model(config).get_params()["random_state"] == 42
-    with pytest.raises(ModelConfigError, match="unknown model_type 'xgboost'"):
-        ModelConfig(model_type="xgboost")
+    with pytest.raises(ModelConfigError, match="unknown model_type 'catboost'"):
+        ModelConfig(model_type="catboost")
     with pytest.raises(ModelConfigError, match="unknown calibration 'beta'"):
         ModelConfig(calibration="beta")
     with pytest.raises(ModelConfigError, match="ModelConfig.seed"):
