@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from quant_assets.lib.catalog import sync_catalog
 from quant_assets.lib.errors import PromotionConflictError, QuantAssetsError
 from quant_assets.lib.stores import MOVING_ACTIONS, TradingStore, promotion_log
 from quant_assets.lib.tracking import ALIAS_CHAMPION, ALIAS_PRIOR_CHAMPION, Tracker
@@ -87,6 +88,7 @@ def rollback_champion(
     reason: str,
     again: bool = False,
     decided_by: str = "cli",
+    dagster_run_id: str | None = None,
 ) -> dict[str, object]:
     """Restore `prior_champion` as champion; the version rolled back from becomes `prior_champion`.
 
@@ -124,6 +126,7 @@ def rollback_champion(
             action="rollback",
             decided_by=decided_by,
             reason=reason,
+            dagster_run_id=dagster_run_id,
         )
 
 
@@ -222,10 +225,14 @@ def _move(
         tracker.set_alias(name, ALIAS_PRIOR_CHAMPION, previous)
     tracker.set_alias(name, ALIAS_CHAMPION, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    # the version's `decision` is what happened to it; a gate verdict it overrides is kept
+    gates_said = tracker.version_tags(name, version).get("decision")
     tracker.set_version_tags(
         name,
         version,
         {
+            "decision": action,
+            **({"gates.decision": gates_said} if gates_said and gates_said != action else {}),
             "promotion.decision": action,
             "promotion.decided_by": decided_by,
             "promotion.reason": reason,
@@ -247,6 +254,8 @@ def _move(
         dagster_run_id=dagster_run_id,
         connection=connection,
     )
+    # the SQL version catalog follows the registry in the same transaction (lib/catalog.py)
+    sync_catalog(tracker, store, name, connection)
     verb = "rolled back to" if action == "rollback" else "champion is now"
     return {
         "model_name": name,

@@ -114,6 +114,13 @@ agent_preds = sa.Table(
     sa.Column("prob_up", sa.Float(53), nullable=False),
     sa.Column("mlflow_run_id", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # traceability (issue 16): the catalog row of the version, the run, the data it scored, and the
+    # other agents' outputs on the same bar (regime label, volatility forecast of the horizon)
+    sa.Column("agent_version_id", sa.Integer, nullable=True),
+    sa.Column("dagster_run_id", sa.Text, nullable=True),
+    sa.Column("data_version", sa.Text, nullable=True),
+    sa.Column("regime", sa.Text, nullable=True),
+    sa.Column("sigma", sa.Float(53), nullable=True),
     sa.UniqueConstraint(*PREDICTION_KEY, name="uq_agent_preds"),
 )
 
@@ -137,7 +144,56 @@ agent_signals = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     # fraction of capital: the volatility-target size (lib.signals.volatility_target_size)
     sa.Column("size", sa.Float(53), nullable=True),
+    # traceability (issue 16): direction and volatility versions (agent_versions.id), the input
+    # data version, the thresholds and the execution agent's inputs (lib.execution)
+    sa.Column("agent_version_id", sa.Integer, nullable=True),
+    sa.Column("vol_version_id", sa.Integer, nullable=True),
+    sa.Column("data_version", sa.Text, nullable=True),
+    sa.Column("threshold_long", sa.Float(53), nullable=True),
+    sa.Column("threshold_short", sa.Float(53), nullable=True),
+    sa.Column("sigma", sa.Float(53), nullable=True),
+    sa.Column("meta", sa.Text, nullable=True),
+    # the Dagster run that wrote the row (its page links to the materialization and the model)
+    sa.Column("dagster_run_id", sa.Text, nullable=True),
     sa.UniqueConstraint(*SIGNAL_KEY, name="uq_agent_signals"),
+)
+
+
+AGENT_KINDS = ("direction", "volatility", "ensemble", "meta", "regime")
+#: the version catalog beside the trading tables, kept in step with the MLflow registry by
+#: lib.catalog.sync_catalog (registration, promotion, rollback); agent_preds/agent_signals rows
+#: point at agent_versions.id
+agents_table = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("timeframe", sa.Text, nullable=False),
+    sa.Column("registered_name", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("registered_name", name="uq_agents"),
+    _choices("kind", AGENT_KINDS),
+)
+agent_versions = sa.Table(
+    "agent_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent_id", sa.Integer, sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("registered_name", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("semver", sa.Text, nullable=False),
+    sa.Column("artifact_uri", sa.Text, nullable=False),
+    sa.Column("mlflow_run_id", sa.Text, nullable=True),
+    sa.Column("metrics_json", sa.Text, nullable=False),
+    sa.Column("train_start", sa.Text, nullable=True),
+    sa.Column("train_end", sa.Text, nullable=True),
+    sa.Column("data_version", sa.Text, nullable=True),
+    sa.Column("code_version", sa.Text, nullable=True),
+    sa.Column("aliases", sa.Text, nullable=False),
+    sa.Column("registered_at", UTCDateTime, nullable=True),
+    sa.Column("synced_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("registered_name", "version", name="uq_agent_versions"),
 )
 
 
