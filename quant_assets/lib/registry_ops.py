@@ -88,7 +88,6 @@ def rollback_champion(
     reason: str,
     again: bool = False,
     decided_by: str = "cli",
-    dagster_run_id: str | None = None,
 ) -> dict[str, object]:
     """Restore `prior_champion` as champion; the version rolled back from becomes `prior_champion`.
 
@@ -126,7 +125,6 @@ def rollback_champion(
             action="rollback",
             decided_by=decided_by,
             reason=reason,
-            dagster_run_id=dagster_run_id,
         )
 
 
@@ -225,14 +223,10 @@ def _move(
         tracker.set_alias(name, ALIAS_PRIOR_CHAMPION, previous)
     tracker.set_alias(name, ALIAS_CHAMPION, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    # the version's `decision` is what happened to it; a gate verdict it overrides is kept
-    gates_said = tracker.version_tags(name, version).get("decision")
     tracker.set_version_tags(
         name,
         version,
         {
-            "decision": action,
-            **({"gates.decision": gates_said} if gates_said and gates_said != action else {}),
             "promotion.decision": action,
             "promotion.decided_by": decided_by,
             "promotion.reason": reason,
