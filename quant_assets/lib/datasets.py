@@ -13,8 +13,8 @@ import polars as pl
 from quant_assets.lib.errors import DataValidationError
 from quant_assets.lib.storage import frame_fingerprint
 
-Target = Literal["take_profit", "fixed_horizon"]
-TARGETS: tuple[str, ...] = ("take_profit", "fixed_horizon")
+Target = Literal["take_profit", "fixed_horizon", "binary_outperformance", "multi_class"]
+TARGETS: tuple[str, ...] = ("take_profit", "fixed_horizon", "binary_outperformance", "multi_class")
 
 #: Features whose level is in price (or price x volume) units: their scale drifts with the price, so a
 #: model would learn the price level of the training years. Their scale-free versions stay in
@@ -30,12 +30,20 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
     "holding_bars",
     "label_fh",
     "ret_fh",
+    "label_out",
+    "ret_out",
+    "label_mc",
+    "ret_mc",
 )
-_LABEL_FRAME_COLUMNS = frozenset({*OUTCOME_COLUMNS, "t1", "t1_fh", "sample_weight"})
+_LABEL_FRAME_COLUMNS = frozenset(
+    {*OUTCOME_COLUMNS, "t1", "t1_fh", "t1_out", "t1_mc", "sample_weight"}
+)
 # (label column, span-end column) of each target
 _TARGET_COLUMNS: dict[str, tuple[str, str]] = {
     "take_profit": ("label", "t1"),
     "fixed_horizon": ("label_fh", "t1_fh"),
+    "binary_outperformance": ("label_out", "t1_out"),
+    "multi_class": ("label_mc", "t1_mc"),
 }
 XS_RANK_PREFIX = "xs_rank_"
 
@@ -110,7 +118,9 @@ def build_training_dataset(
     """Join `features`, `labels` and (if given) this `symbol`'s rows of `xs_ranks` on timestamp.
 
     target "take_profit": y = 1 where the triple-barrier label is +1 (take-profit hit first), else 0,
-    with t1 the triple-barrier outcome time; "fixed_horizon": y = label_fh, t1 = t1_fh. Rows are
+    with t1 the triple-barrier outcome time; "fixed_horizon": y = label_fh, t1 = t1_fh;
+    "binary_outperformance": y = label_out (beat the benchmark), t1 = t1_out; "multi_class":
+    y = label_mc (0 .. K-1, return buckets), t1 = t1_mc. Rows are
     dropped, and counted, in this order: warm-up rows (is_warm false), rows without the target label
     (or with a null sample_weight: the pipeline's weights are triple-barrier uniquenesses, null where
     that label is), then rows with a null or non-finite feature (e.g. a multi-timeframe column before

@@ -1,5 +1,6 @@
-"""Targets for supervised learning on bars: triple-barrier and fixed-horizon labels, their sample
-weights (average uniqueness), and a class-balance summary for metadata and checks."""
+"""Targets for supervised learning on bars: triple-barrier, fixed-horizon, outperformance (against a
+benchmark symbol) and multi-class (return buckets) labels, their sample weights (average
+uniqueness), and a class-balance summary for metadata and checks."""
 
 from __future__ import annotations
 
@@ -196,6 +197,144 @@ def fixed_horizon_labels(
     )
 
 
+def outperformance_labels(
+    timestamps: ArrayLike,
+    close: ArrayLike,
+    benchmark_timestamps: ArrayLike,
+    benchmark_close: ArrayLike,
+    *,
+    timeframe: str,
+    benchmark_timeframe: str | None = None,
+    horizon: int = 5,
+) -> pl.DataFrame:
+    """Binary outperformance: label_out = 1 when the symbol's return over `horizon` bars (close of
+    bar i to close of bar i+horizon) beats the benchmark's return over the same clock interval.
+
+    The benchmark is aligned as of each instant: its close at time t is the close of its last bar
+    that had *closed* by t (open time + its timeframe <= t), so a benchmark with other sessions
+    (an equity index against crypto) contributes its latest known close, never a later one.
+    Columns timestamp, label_out (Int8 0/1), t1_out (close time of bar i+horizon), ret_out (the
+    symbol's return minus the benchmark's). A row is null when its horizon runs past the symbol's
+    data, when the benchmark has no closed bar at entry, or when the benchmark's data end before
+    the exit time (a benchmark bar closing before the exit could still arrive, and would change the
+    label); recomputing on truncated history therefore never changes a label, it only leaves more
+    of the latest rows null.
+    """
+    where = "outperformance_labels"
+    _check_horizon(horizon, where)
+    step_us = timeframe_seconds(timeframe) * 1_000_000
+    bench_step_us = timeframe_seconds(benchmark_timeframe or timeframe) * 1_000_000
+    ts = _epoch_us(timestamps, "timestamps", where)
+    c = _float_array(close, "close", ts.size, where)
+    bench_close_time = _epoch_us(benchmark_timestamps, "benchmark_timestamps", where) + bench_step_us
+    bc = _float_array(benchmark_close, "benchmark_close", bench_close_time.size, where)
+    m = max(c.size - horizon, 0)
+    entry_time, exit_time = ts[:m] + step_us, ts[horizon:] + step_us
+
+    def as_of(t: np.ndarray) -> np.ndarray:
+        if not bc.size:
+            return np.full(t.size, np.nan)
+        k = np.searchsorted(bench_close_time, t, side="right") - 1
+        return np.where(k >= 0, bc[np.maximum(k, 0)], np.nan)
+
+    data_end = bench_close_time[-1] if bench_close_time.size else np.iinfo(np.int64).min
+    b_entry, b_exit = as_of(entry_time), as_of(exit_time)
+    valid = (
+        np.isfinite(c[:m])
+        & np.isfinite(c[horizon:])
+        & np.isfinite(b_entry)
+        & np.isfinite(b_exit)
+        & (exit_time <= data_end)
+    )
+    inputs = {
+        "entry": c[:m],
+        "exit_close": c[horizon:],
+        "b_entry": b_entry,
+        "b_exit": b_exit,
+        "t1": exit_time,
+    }
+    excess = (pl.col("exit_close") / pl.col("entry")) - (pl.col("b_exit") / pl.col("b_entry"))
+    return _labels_frame(
+        ts,
+        valid,
+        inputs,
+        {
+            "label_out": (excess > 0).cast(pl.Int8),
+            "t1_out": pl.col("t1").cast(UTC_US),
+            "ret_out": excess,
+        },
+    )
+
+
+#: Names of the classes of a 5-class multi_class label, lowest return bucket first.
+FIVE_CLASS_NAMES: tuple[str, ...] = ("strong_sell", "sell", "hold", "buy", "strong_buy")
+
+
+def multi_class_labels(
+    timestamps: ArrayLike,
+    close: ArrayLike,
+    *,
+    timeframe: str,
+    horizon: int = 5,
+    n_classes: int = 5,
+    thresholds: Sequence[float] | None = None,
+    window: int = 1000,
+) -> pl.DataFrame:
+    """Multi-class labels: the bucket of the return over `horizon` bars (close i to close i+horizon),
+    class 0 the lowest returns (strong sell) ... n_classes - 1 the highest (strong buy).
+
+    thresholds: fixed, increasing bucket edges (n_classes = len(thresholds) + 1; a return equal to
+    an edge goes to the upper bucket). Without thresholds, the edges are the k/n_classes quantiles
+    of the horizon returns already *known* at the entry bar's close (rows j <= i - horizon), over
+    the latest `window` of them (at least window // 2; earlier rows are null), so a label never
+    depends on later prices than its own exit. Columns timestamp, label_mc (Int8), t1_mc, ret_mc.
+    """
+    where = "multi_class_labels"
+    _check_horizon(horizon, where)
+    step_us = timeframe_seconds(timeframe) * 1_000_000
+    ts = _epoch_us(timestamps, "timestamps", where)
+    c = _float_array(close, "close", ts.size, where)
+    m = max(c.size - horizon, 0)
+    ret = np.full(ts.size, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ret[:m] = c[horizon:] / c[:m] - 1.0
+    if thresholds is not None and len(thresholds):
+        edges = np.asarray(thresholds, dtype=np.float64)
+        if not (np.isfinite(edges).all() and (np.diff(edges) > 0).all()):
+            raise LabelInputError(f"{where}: thresholds must be finite and increasing, got {thresholds}")
+        edge_matrix = np.broadcast_to(edges, (m, edges.size))
+    else:
+        if isinstance(n_classes, bool) or n_classes < 2:
+            raise LabelInputError(f"{where}: n_classes must be at least 2, got {n_classes!r}")
+        if window < 2 * n_classes:
+            raise LabelInputError(f"{where}: window must be at least {2 * n_classes} rows, got {window}")
+        known = pl.Series(ret).fill_nan(None).shift(horizon)
+        edge_matrix = np.column_stack(
+            [
+                known.rolling_quantile(
+                    k / n_classes, "linear", window_size=window, min_samples=window // 2
+                )
+                .cast(pl.Float64)
+                .fill_null(np.nan)
+                .to_numpy()[:m]
+                for k in range(1, n_classes)
+            ]
+        )
+    r = ret[:m]
+    valid = np.isfinite(r) & np.isfinite(edge_matrix).all(axis=1)
+    bucket = (r[:, None] >= edge_matrix).sum(axis=1)
+    return _labels_frame(
+        ts,
+        valid,
+        {"bucket": bucket, "ret": r, "t1": ts[horizon:] + step_us},
+        {
+            "label_mc": pl.col("bucket").cast(pl.Int8),
+            "t1_mc": pl.col("t1").cast(UTC_US),
+            "ret_mc": pl.col("ret"),
+        },
+    )
+
+
 def sample_weights(
     t0: ArrayLike,
     t1: ArrayLike,
@@ -311,9 +450,18 @@ def build_labels(
     fixed_horizon: int = 5,
     fixed_threshold: float = 0.02,
     weight_decay: float = 1.0,
+    benchmark: pl.DataFrame | None = None,
+    benchmark_timeframe: str | None = None,
+    outperformance_horizon: int = 5,
+    multi_class_horizon: int = 5,
+    multi_class_classes: int = 5,
+    multi_class_thresholds: Sequence[float] | None = None,
+    multi_class_window: int = 1000,
 ) -> pl.DataFrame:
-    """Everything the `labels` asset stores: triple-barrier labels, the fixed-horizon label and the
-    average-uniqueness sample weight of each bar of canonical `bars` (ATR(14) given per bar)."""
+    """Everything the `labels` asset stores: triple-barrier labels, the fixed-horizon label, the
+    multi-class label, the outperformance label against `benchmark` bars (timestamp, close; all
+    null without a benchmark) and the average-uniqueness sample weight of each bar of canonical
+    `bars` (ATR(14) given per bar)."""
     tb = triple_barrier_labels(
         bars["timestamp"],
         bars["open"],
@@ -333,12 +481,35 @@ def build_labels(
         horizon=fixed_horizon,
         threshold=fixed_threshold,
     )
+    mc = multi_class_labels(
+        bars["timestamp"],
+        bars["close"],
+        timeframe=timeframe,
+        horizon=multi_class_horizon,
+        n_classes=multi_class_classes,
+        thresholds=multi_class_thresholds,
+        window=multi_class_window,
+    )
+    if benchmark is None:
+        benchmark = pl.DataFrame(
+            schema={"timestamp": bars.schema["timestamp"], "close": pl.Float64}
+        )
+    out = outperformance_labels(
+        bars["timestamp"],
+        bars["close"],
+        benchmark["timestamp"],
+        benchmark["close"],
+        timeframe=timeframe,
+        benchmark_timeframe=benchmark_timeframe,
+        horizon=outperformance_horizon,
+    )
     weights = sample_weights(
         tb["timestamp"], tb["t1"], timestamps=bars["timestamp"], decay=weight_decay
     )
-    return tb.join(fh, on="timestamp", how="left", maintain_order="left").with_columns(
-        pl.Series("sample_weight", weights).fill_nan(None)
-    )
+    joined = tb.join(fh, on="timestamp", how="left", maintain_order="left")
+    for extra in (mc, out):
+        joined = joined.join(extra, on="timestamp", how="left", maintain_order="left")
+    return joined.with_columns(pl.Series("sample_weight", weights).fill_nan(None))
 
 
 def _first_touch_scores(
