@@ -82,8 +82,13 @@ CODE_VERSION = "1"
 
 
 class DatasetConfig(dg.Config):
-    target: Literal["take_profit", "fixed_horizon"] = "take_profit"
-    """`take_profit`: 1 when the triple barrier hit take-profit first; `fixed_horizon`: label_fh."""
+    target: Literal["take_profit", "fixed_horizon", "binary_outperformance", "multi_class"] = (
+        "take_profit"
+    )
+    """`take_profit`: 1 when the triple barrier hit take-profit first; `fixed_horizon`: label_fh;
+    `binary_outperformance`: label_out (beat the labels' benchmark symbol over its horizon);
+    `multi_class`: label_mc as y_class (K return buckets), y = a class above the middle one. A
+    multi-class model is trained on y_class (see lib.training.train_with_cv) and trades P(up)."""
 
 
 class SplitsConfig(dg.Config):
@@ -415,6 +420,12 @@ def log_training_run(
             tracker.log_file(run_id, oof_path)
         for name, payload in (extra_artifacts or {}).items():
             tracker.log_dict(run_id, payload, name)
+        if result.class_calibrators:  # a multi-class model's one-vs-rest calibrators, per class
+            tracker.log_dict(
+                run_id,
+                {str(k): c.to_dict() for k, c in result.class_calibrators.items()},
+                "class_calibrators.json",
+            )
         card = render_model_card(
             name=registered_name,
             symbol=None if symbol == "ALL" else symbol,
@@ -602,6 +613,9 @@ def _train_partition(
     result = None
     if mode == "incremental":
         champion = tracker.load_model(status.model_name, status.version)
+    if mode == "incremental" and dataset.target == "multi_class":
+        why_complete = "incremental retraining continues binary models only; trained from scratch"
+        mode = "complete"
     if mode == "incremental" and champion.model_type != config.model_type:
         why_complete = (
             f"the champion is a {champion.model_type} model, config asks for {config.model_type}; "

@@ -46,6 +46,8 @@ _TARGET_COLUMNS: dict[str, tuple[str, str]] = {
     "multi_class": ("label_mc", "t1_mc"),
 }
 XS_RANK_PREFIX = "xs_rank_"
+#: The class (0 .. K-1) of a multi_class dataset's rows; its y is 1 for the classes above the middle.
+CLASS_COLUMN = "y_class"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def build_training_dataset(
     target "take_profit": y = 1 where the triple-barrier label is +1 (take-profit hit first), else 0,
     with t1 the triple-barrier outcome time; "fixed_horizon": y = label_fh, t1 = t1_fh;
     "binary_outperformance": y = label_out (beat the benchmark), t1 = t1_out; "multi_class":
-    y = label_mc (0 .. K-1, return buckets), t1 = t1_mc. Rows are
+    y_class = label_mc (0 .. K-1, return buckets; K = the labels' largest class + 1), y = 1 for
+    the classes above the middle one (buy, strong buy of 5), t1 = t1_mc. Rows are
     dropped, and counted, in this order: warm-up rows (is_warm false), rows without the target label
     (or with a null sample_weight: the pipeline's weights are triple-barrier uniquenesses, null where
     that label is), then rows with a null or non-finite feature (e.g. a multi-timeframe column before
@@ -191,12 +194,20 @@ def build_training_dataset(
     n_warm, n_labelled, n_kept = (int(flags.get_column(c).sum()) for c in ("w", "wl", "keep"))
 
     target_y = (pl.col("_target") == 1) if target == "take_profit" else pl.col("_target")
+    by_class = []
+    if target == "multi_class":
+        # y is the "up" side (a class above the middle one) that signals and evaluation trade;
+        # the classes themselves are y_class, what a multi-class model is fitted on
+        n_classes = int(labels.get_column(label_col).max() or 0) + 1
+        target_y = pl.col("_target") * 2 > n_classes - 1
+        by_class = [pl.col("_target").cast(pl.Int8).alias(CLASS_COLUMN)]
     out = frame.filter(flags.get_column("keep")).select(
         "timestamp",
         pl.col("timestamp").alias("t0"),
         pl.col("_t1").alias("t1"),
         *feature_columns,
         target_y.cast(pl.Int8).alias("y"),
+        *by_class,
         pl.col("_weight").alias("sample_weight"),
         *(pl.col(f"_out_{c}").alias(c) for c in outcomes),
     )
@@ -269,7 +280,17 @@ def dataset_fingerprint(frame: pl.DataFrame) -> str:
 def dataset_from_frame(frame: pl.DataFrame, *, symbol: str | None = None) -> TrainingDataset:
     """The TrainingDataset of a stored `training_dataset` frame (feature columns recovered from its
     columns, the target from its constant `target` column; counts describe the stored rows only)."""
-    reserved = {"timestamp", "symbol", "t0", "t1", "y", "sample_weight", "target", *OUTCOME_COLUMNS}
+    reserved = {
+        "timestamp",
+        "symbol",
+        "t0",
+        "t1",
+        "y",
+        CLASS_COLUMN,
+        "sample_weight",
+        "target",
+        *OUTCOME_COLUMNS,
+    }
     features = [c for c in frame.columns if c not in reserved]
     target: Target = (
         frame["target"][0] if "target" in frame.columns and frame.height else "take_profit"

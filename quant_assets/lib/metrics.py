@@ -124,3 +124,34 @@ def classification_metrics(
         "n": float(y.size),
         "positive_rate": float(y.mean()),
     }
+
+
+def up_probability(proba: Any, classes: Any = None) -> np.ndarray:
+    """The probability of "up" from a classifier's output: a vector (a binary model's P(1)) as is;
+    a matrix of class probabilities (n, K), columns in the order of `classes` (default 0 .. K-1):
+    the sum over the classes above the middle one, 2c > K - 1 (class 1 of 2; buy and strong buy
+    of 5; K = the largest class + 1)."""
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim == 1:
+        return p
+    labels = np.arange(p.shape[1]) if classes is None else np.asarray(classes)
+    n_classes = int(labels.max()) + 1
+    return p[:, 2 * labels > n_classes - 1].sum(axis=1)
+
+
+def multi_class_metrics(
+    y_class: Any, proba: Any, prefix: str, suffix: str = "", n_bins: int = 10
+) -> dict[str, float]:
+    """Per class k, one-vs-rest classification metrics of column k (`{prefix}_class{k}_{metric}`),
+    and the multi-class log loss (clipped like log_loss) and accuracy (most probable class) as
+    `{prefix}_multiclass_log_loss` / `_accuracy`; `suffix` ends every name (e.g. "_calibrated")."""
+    y = np.asarray(y_class, dtype=np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in range(p.shape[1]):
+        m = classification_metrics((y == k).astype(np.int8), np.clip(p[:, k], 0.0, 1.0), n_bins=n_bins)
+        out.update({f"{prefix}_class{k}_{name}{suffix}": m[name] for name in ("roc_auc", "brier", "ece", "log_loss", "positive_rate")})
+    picked = np.clip(p[np.arange(y.size), y], LOG_LOSS_EPS, 1.0)
+    out[f"{prefix}_multiclass_log_loss{suffix}"] = float(-np.mean(np.log(picked)))
+    out[f"{prefix}_multiclass_accuracy{suffix}"] = float(np.mean(p.argmax(axis=1) == y))
+    return out

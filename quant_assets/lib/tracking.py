@@ -178,10 +178,13 @@ class LoadedModel:
         if missing:
             raise KeyError(f"{self.name} v{self.version} needs feature columns {missing}")
         X = frame.select(pl.col(self.feature_columns).cast(pl.Float64)).to_numpy()
+        from quant_assets.lib.metrics import up_probability
+
+        # a multi-class model's positive class is "up": its classes above the middle one
         if self.model_type == "lightgbm":
-            raw = np.asarray(self.model.predict(X), dtype=np.float64)
+            raw = up_probability(self.model.predict(X))
         else:
-            raw = np.asarray(self.model.predict_proba(X)[:, 1], dtype=np.float64)
+            raw = up_probability(self.model.predict_proba(X), self.model.classes_)
         return self.calibrator.predict(raw) if self.calibrator is not None else raw
 
 

@@ -20,9 +20,9 @@ if TYPE_CHECKING:  # LightGBM and scikit-learn are imported where a model is bui
     from lightgbm import Booster, LGBMClassifier
 
 from quant_assets.lib.calibration import CalibrationMethod, Calibrator, fit_calibrator
-from quant_assets.lib.datasets import TrainingDataset
+from quant_assets.lib.datasets import CLASS_COLUMN, TrainingDataset
 from quant_assets.lib.errors import DataValidationError, QuantAssetsError, SplitConfigError
-from quant_assets.lib.metrics import classification_metrics
+from quant_assets.lib.metrics import classification_metrics, multi_class_metrics, up_probability
 from quant_assets.lib.retrain import RetrainMode
 from quant_assets.lib.splits import SplitPlan
 
@@ -194,6 +194,7 @@ class TrainingResult:
     n_holdout: int
     timings: dict[str, float]
     increment: Increment | None = None
+    class_calibrators: dict[int, Calibrator] | None = None
 
     @property
     def mode(self) -> RetrainMode:
@@ -260,11 +261,59 @@ def _fit(
 
 
 def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
+    """P(class 1) of a binary model; P(up) (metrics.up_probability) of a multi-class one."""
     from threadpoolctl import threadpool_limits
 
-    column = list(model.classes_).index(1)
+    classes = list(model.classes_)
     with threadpool_limits(limits=_THREADS):
-        return np.asarray(model.predict_proba(X)[:, column], dtype=np.float64)
+        proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+    if classes == [0, 1]:
+        return proba[:, 1]
+    return up_probability(proba, classes)
+
+
+def _class_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, n_classes) class probabilities; a class the model never saw gets probability 0."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=_THREADS):
+        proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+    out = np.zeros((X.shape[0], n_classes))
+    out[:, np.asarray(model.classes_, dtype=np.int64)] = proba
+    return out
+
+
+def _class_calibration(
+    oof: np.ndarray,
+    y_class: np.ndarray,
+    fold: np.ndarray,
+    method: CalibrationMethod,
+) -> tuple[dict[int, Calibrator], np.ndarray]:
+    """One-vs-rest calibrators per class fitted on the out-of-fold class probabilities, and the
+    cross-fitted calibrated OOF matrix (each fold by the other folds' calibrators), rows
+    renormalized to sum to 1. A class absent from the out-of-fold rows keeps its raw column."""
+    calibrators: dict[int, Calibrator] = {}
+    calibrated = oof.copy()
+    for k in range(oof.shape[1]):
+        hit = (y_class == k).astype(np.int8)
+        if np.unique(hit).size < 2:
+            continue
+        calibrators[k] = fit_calibrator(oof[:, k], hit, method)
+        calibrated[:, k] = _cross_fitted_calibration(oof[:, k], hit, fold, method, calibrators[k])
+    return calibrators, _renormalized(calibrated)
+
+
+def _renormalized(proba: np.ndarray) -> np.ndarray:
+    total = proba.sum(axis=1, keepdims=True)
+    return np.divide(proba, total, out=np.full_like(proba, 1 / proba.shape[1]), where=total > 0)
+
+
+def calibrated_class_proba(proba: np.ndarray, calibrators: dict[int, Calibrator]) -> np.ndarray:
+    """Class probabilities through their one-vs-rest calibrators, renormalized."""
+    out = np.array(proba, dtype=np.float64)
+    for k, calibrator in calibrators.items():
+        out[:, k] = calibrator.predict(proba[:, k])
+    return _renormalized(out)
 
 
 def _feature_matrix(frame: pl.DataFrame, feature_columns: list[str], where: str) -> np.ndarray:
@@ -295,7 +344,7 @@ def feature_importances(
         gains = model.get_booster().get_score(importance_type="total_gain")
         values = [gains.get(f"f{i}", 0.0) for i in range(len(feature_columns))]
     elif config.model_type == "logistic":
-        values = np.abs(model.steps[-1][1].coef_[0])
+        values = np.abs(model.steps[-1][1].coef_).sum(axis=0)  # summed over classes
     elif config.model_type == "gradient_boosting":
         # HistGradientBoostingClassifier exposes no importances; its trees record each split's gain.
         values = np.zeros(len(feature_columns))
@@ -422,6 +471,14 @@ def train_with_cv(
 
     Returns SkippedTraining when there are fewer than `min_rows` development rows, or when the
     development rows, a fold's training rows or the out-of-fold rows hold a single class.
+
+    Multi-class datasets (a `y_class` column, target multi_class): every fit is a K-class model on
+    y_class. The probability the pipeline trades (prob_raw/prob_cal) is P(up), the summed
+    probability of the classes above the middle one (y = 1), calibrated like a binary model's.
+    Besides, each class gets a one-vs-rest calibrator on its out-of-fold probabilities
+    (class_calibrators; rows renormalized), and per-class metrics raw and calibrated
+    (`oof_class{k}_roc_auc`, ..., `_calibrated`; `holdout_class{k}_...`) with the multi-class log
+    loss and accuracy (`oof_multiclass_log_loss`, `oof_multiclass_accuracy`).
     """
     started = time.perf_counter()
     say = log or (lambda _message: None)
@@ -435,13 +492,17 @@ def train_with_cv(
         return SkippedTraining(reason, n_dev, n_hold)
 
     y = frame.get_column("y").to_numpy()
+    multi = CLASS_COLUMN in frame.columns
+    y_fit = frame.get_column(CLASS_COLUMN).to_numpy() if multi else y
     if n_dev < min_rows:
         return skipped(f"{n_dev} development rows, fewer than min_rows={min_rows}")
     dev_classes = np.unique(y[dev])
     if dev_classes.size < 2:
         return skipped(f"every development row has y={int(dev_classes[0])}")
+    n_classes = int(y_fit[dev].max()) + 1 if multi else 2
+    oof_matrix = np.full((frame.height, n_classes), np.nan) if multi else None
     for f in plan.folds:
-        if np.unique(y[f.train_idx]).size < 2:
+        if np.unique(y_fit[f.train_idx]).size < 2:
             return skipped(f"fold {f.fold} trains on a single class ({f.train_idx.size} rows)")
     weight = _checked_weights(frame, "train_with_cv(dataset)")
     X = _feature_matrix(frame, dataset.feature_columns, "train_with_cv(dataset)")
@@ -450,8 +511,12 @@ def train_with_cv(
     oof_fold = np.full(frame.height, -1, dtype=np.int64)
     fold_rows = []
     for k, f in enumerate(plan.folds, start=1):
-        model = _fit(make_model(config), X[f.train_idx], y[f.train_idx], weight[f.train_idx])
-        prob = _positive_proba(model, X[f.test_idx])
+        model = _fit(make_model(config), X[f.train_idx], y_fit[f.train_idx], weight[f.train_idx])
+        if multi:
+            oof_matrix[f.test_idx] = _class_proba(model, X[f.test_idx], n_classes)
+            prob = up_probability(oof_matrix[f.test_idx])
+        else:
+            prob = _positive_proba(model, X[f.test_idx])
         oof_prob[f.test_idx] = prob
         oof_fold[f.test_idx] = f.fold
         m = classification_metrics(y[f.test_idx], prob, n_bins=config.n_bins)
@@ -475,12 +540,34 @@ def train_with_cv(
         calibrator = fit_calibrator(p_oof, y_oof, config.calibration)
         p_oof_cal = _cross_fitted_calibration(p_oof, y_oof, f_oof, config.calibration, calibrator)
     overall = _prefixed_metrics("oof", y_oof, p_oof, p_oof_cal, config.n_bins)
+    class_calibrators = None
+    if multi:
+        m_oof = oof_matrix[oof_rows]
+        class_calibrators, m_oof_cal = {}, m_oof
+        if config.calibration != "none":
+            class_calibrators, m_oof_cal = _class_calibration(
+                m_oof, y_fit[oof_rows], f_oof, config.calibration
+            )
+        overall |= multi_class_metrics(y_fit[oof_rows], m_oof, "oof", n_bins=config.n_bins)
+        overall |= multi_class_metrics(
+            y_fit[oof_rows], m_oof_cal, "oof", "_calibrated", n_bins=config.n_bins
+        )
     calibrated = time.perf_counter()
 
-    final = _fit(make_model(config), X[dev], y[dev], weight[dev])
+    final = _fit(make_model(config), X[dev], y_fit[dev], weight[dev])
     final_done = time.perf_counter()
 
     holdout, holdout_metrics = _scored_holdout(final, calibrator, frame, X, y, hold, config.n_bins)
+    if multi and hold.size:
+        m_hold = _class_proba(final, X[hold], n_classes)
+        holdout_metrics |= multi_class_metrics(y_fit[hold], m_hold, "holdout", n_bins=config.n_bins)
+        holdout_metrics |= multi_class_metrics(
+            y_fit[hold],
+            calibrated_class_proba(m_hold, class_calibrators),
+            "holdout",
+            "_calibrated",
+            n_bins=config.n_bins,
+        )
     say(
         f"oof auc {overall['oof_roc_auc']:.4f}, ece {overall['oof_ece']:.4f} raw / "
         f"{overall['oof_ece_calibrated']:.4f} calibrated over {oof_rows.size} rows"
@@ -513,6 +600,7 @@ def train_with_cv(
             "final_fit_seconds": final_done - calibrated,
             "total_seconds": finished - started,
         },
+        class_calibrators=class_calibrators,
     )
 
 

@@ -121,6 +121,66 @@ def test_new_targets_are_selectable_for_a_training_dataset(target) -> None:
     ds = build_training_dataset(features, labels, target=target)
     column, span = {"binary_outperformance": ("label_out", "t1_out"), "multi_class": ("label_mc", "t1_mc")}[target]
     expected = labels.join(ds.frame.select("timestamp"), on="timestamp", how="semi")
-    assert ds.frame["y"].to_list() == expected[column].to_list()
+    if target == "multi_class":  # y: the up side (buy, strong buy); the class is y_class
+        assert ds.frame["y_class"].to_list() == expected[column].to_list()
+        assert ds.frame["y"].to_list() == (expected[column] > 2).cast(pl.Int8).to_list()
+    else:
+        assert ds.frame["y"].to_list() == expected[column].to_list()
     assert ds.frame["t1"].equals(expected[span].alias("t1"))
-    assert set(np.unique(ds.frame["y"])) == ({0, 1} if target != "multi_class" else {0, 1, 2, 3, 4})
+    assert set(np.unique(ds.frame["y"])) == {0, 1}
+    if target == "multi_class":
+        assert set(np.unique(ds.frame["y_class"])) == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("model_type", ["lightgbm", "xgboost", "logistic"])
+def test_multi_class_training_calibrates_and_scores_every_class(model_type) -> None:
+    from quant_assets.lib.labels import build_labels
+    from quant_assets.lib.metrics import classification_metrics
+    from quant_assets.lib.splits import make_splits
+    from quant_assets.lib.training import (
+        ModelConfig,
+        TrainingResult,
+        calibrated_class_proba,
+        predict_proba,
+        train_with_cv,
+    )
+
+    source = SyntheticSource(seed=7, start=T0, end=T0 + timedelta(days=150))
+    features, _ = pipeline_frames(source, "BTCUSDT", higher=("4h",))
+    bars = bars_for_timeframe(source, "BTCUSDT", "1h").frame
+    labels = build_labels(bars, features["atr_14"], "1h", multi_class_window=500)
+    ds = build_training_dataset(features, labels, target="multi_class")
+    assert ds.frame["y"].to_list() == (ds.frame["y_class"] > 2).cast(pl.Int8).to_list()
+    assert "y_class" not in ds.feature_columns
+    plan = make_splits("purged_kfold", ds.frame.height, ds.frame["t0"], ds.frame["t1"], n_splits=3)
+    params = {"lightgbm": {"n_estimators": 30}, "xgboost": {"n_estimators": 30}, "logistic": {}}
+    result = train_with_cv(ds, plan, ModelConfig(model_type=model_type, params=params[model_type]))
+    assert isinstance(result, TrainingResult)
+    assert sorted(result.class_calibrators) == [0, 1, 2, 3, 4]
+    m = result.overall_metrics
+    for k in range(5):
+        for name in ("roc_auc", "brier", "ece", "log_loss"):
+            assert np.isfinite(m[f"oof_class{k}_{name}"]) and np.isfinite(m[f"oof_class{k}_{name}_calibrated"])
+        assert np.isfinite(result.holdout_metrics[f"holdout_class{k}_ece_calibrated"])
+    # measured on this data (150 days, 3 folds): the extreme buckets are the predictable ones
+    # (volatility clustering; class 0/4 AUC 0.56-0.60); per-class cross-fitted calibration keeps
+    # every class's ECE small (0.007-0.055) but does not lower their sum for every model type
+    # (lightgbm 0.161 -> 0.128, xgboost 0.123 -> 0.136), and the calibrated multi-class log loss
+    # is within 0.02 of the raw one: it is recorded, not assumed to help
+    assert max(m["oof_class0_roc_auc"], m["oof_class4_roc_auc"]) > 0.55
+    assert all(m[f"oof_class{k}_ece_calibrated"] < 0.07 for k in range(5))
+    if model_type != "logistic":
+        assert m["oof_multiclass_log_loss"] < np.log(5)  # better than the uniform guess
+    # the traded probability is P(up) = P(buy) + P(strong buy), scored against y = class > 2
+    hold = ds.frame[plan.holdout_idx]
+    X = hold.select(ds.feature_columns).to_numpy()
+    raw = result.model.predict_proba(X)
+    np.testing.assert_allclose(result.holdout["prob_raw"].to_numpy(), raw[:, 3:].sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(
+        result.holdout["prob_cal"].to_numpy(),
+        predict_proba(result.model, result.calibrator, hold, ds.feature_columns),
+        atol=1e-12,
+    )
+    assert m["oof_roc_auc"] == classification_metrics(result.oof["y"], result.oof["prob_raw"])["roc_auc"]
+    cal = calibrated_class_proba(raw, result.class_calibrators)
+    np.testing.assert_allclose(cal.sum(axis=1), 1.0)
