@@ -25,6 +25,7 @@ from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.symbols import build_watchlist_sensor
+from quant_assets.defs.volatility import volatility_model
 from quant_assets.lib.settings import Settings, load_settings
 
 ASSETS = [
@@ -39,6 +40,7 @@ ASSETS = [
     champion_challenger_evaluation,
     champion,
     signals,
+    volatility_model,
     model_health,
     *META_ASSETS,
 ]

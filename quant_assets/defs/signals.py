@@ -4,7 +4,6 @@
 import json
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from quant_assets.defs.batching import each_partition
@@ -20,12 +19,10 @@ from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
 from quant_assets.lib.performance import annualization
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import (
-    apply_ensemble,
-    make_signals,
-    resolve_long_threshold,
-    volatility_target_size,
-)
+from quant_assets.lib.execution import ExecutionRules, decision_counts
+from quant_assets.lib.serving import ServedVersions, agent_rows
+from quant_assets.lib.signals import resolve_long_threshold, resolve_short_threshold
+from quant_assets.lib.storage import frame_fingerprint
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
@@ -64,6 +61,11 @@ def champion(
             "reason": f"challenger not promoted ({row['decision']}): {row['reason']}",
         }
         context.log.info(f"{context.partition_key}: {record['reason']}")
+        if row.get("model_name"):
+            # the challenger registered by this evaluation's training enters the SQL catalog
+            from quant_assets.lib.catalog import sync_catalog
+
+            sync_catalog(tracker, trading_store.get_store(), name)
         return dg.Output(
             pl.DataFrame([record]),
             metadata={
@@ -117,11 +119,19 @@ class SignalsConfig(dg.Config):
     threshold_long: float | None = None
     """Default: the champion's own threshold (chosen on its out-of-fold predictions), else the
     break-even probability of the barriers plus `edge`, as in the evaluation."""
+    threshold_short: float | None = None
+    """Default: the champion's own short threshold (chosen on its out-of-fold predictions, tag
+    `decision_threshold_short`), else no shorts."""
+    shorts: bool = True
     edge: float = 0.05
     sl_mult: float = 1.0
+    """Stop-loss distance in ATR-equivalents: the volatility agent's forecast range when it has a
+    champion, else the ATR (lib/execution.py, rule 6)."""
     tp_mult: float = 1.75
     horizon: int = 5
     """Horizon (bars) recorded with each prediction: the label horizon the model was trained on."""
+    use_regime_gate: bool = True
+    """Flat on bars whose regime gate is off (choppy market), when `regime` is materialized."""
     target_vol: float | None = 0.10
     """Annualized volatility a position is sized to (size = min(target / forecast, 1), the
     evaluation's convention); None: full size."""
@@ -182,55 +192,58 @@ def signals(
         .drop_nulls(model.feature_columns)
     )
     prob = model.predict_proba(recent)
-    frame = make_signals(
-        recent["timestamp"],
-        recent["close"],
-        recent["atr_14"],
-        prob,
-        threshold_long=resolve_long_threshold(
-            config.threshold_long,
-            model.decision_threshold,
-            config.tp_mult,
-            config.sl_mult,
-            config.edge,
-        ),
+    threshold_long = resolve_long_threshold(
+        config.threshold_long, model.decision_threshold, config.tp_mult, config.sl_mult, config.edge
+    )
+    rules = ExecutionRules(
+        threshold_long=threshold_long,
+        threshold_short=resolve_short_threshold(
+            config.threshold_short, model.decision_threshold_short, threshold_long
+        )
+        if config.shorts
+        else None,
         sl_mult=config.sl_mult,
         tp_mult=config.tp_mult,
-    )
-    frame = frame.with_columns(
-        pl.lit(symbol).alias("symbol"),
-        pl.lit(timeframe).alias("timeframe"),
-        pl.lit(name).alias("model_name"),
-        pl.lit(version).alias("model_version"),
-        pl.lit(model.run_id).alias("mlflow_run_id"),
-        pl.lit(config.horizon).alias("horizon"),
+        horizon=config.horizon,
+        periods_per_year=annualization(timeframe, annualization_kind(ohlcv, timeframe)),
+        target_vol=config.target_vol,
+        use_regime_gate=config.use_regime_gate,
     )
     store = trading_store.get_store()
-    store.write_predictions(frame)
+    bars = recent.select("timestamp", "close", "atr_14").with_columns(pl.Series("prob_up", prob))
+    bars, vol_version = _other_agents(bars, tracker, artifacts, ohlcv, symbol, timeframe)
     ensemble = artifacts.read_partition("ensemble_signals", symbol, timeframe)
     served_by = f"{name} v{version}"
     if ensemble is not None and ensemble.height and bool(ensemble["serving"][0]):
-        # the ensemble beat this champion under the promotion gates: it decides side and size
-        frame = apply_ensemble(
-            frame, recent["atr_14"], ensemble, sl_mult=config.sl_mult, tp_mult=config.tp_mult
-        ).with_columns(
-            pl.lit(f"ensemble.{symbol}.{timeframe}").alias("model_name"),
-            pl.lit(str(ensemble["mlflow_run_id"][0])).alias("mlflow_run_id"),
+        # the ensemble beat this champion under the promotion gates: it decides the side
+        # (lib/execution.py, rule 2); the rows still name the champion whose prob_up they carry
+        bars = bars.join(
+            ensemble.select(
+                "timestamp",
+                pl.col("side").alias("ensemble_side"),
+                pl.col("size").alias("ensemble_size"),
+            ),
+            on="timestamp",
+            how="left",
         )
         served_by = f"ensemble.{symbol}.{timeframe} (run {ensemble['mlflow_run_id'][0]})"
-    # the position's fraction of capital: volatility-target sizing of whatever side is served
-    # (the evaluation's convention); the ensemble's own confidence stays in `strength`
-    target = (
-        volatility_target_size(
-            recent["close"],
-            recent["atr_14"],
-            annualization(timeframe, annualization_kind(ohlcv, timeframe)),
-            config.target_vol,
-        )
-        if config.target_vol
-        else np.ones(recent.height)
+    from quant_assets.lib.catalog import version_id  # SQLAlchemy: only when serving
+
+    vol_name = registered_model_name(symbol, timeframe, "volatility")
+    served = ServedVersions(
+        symbol=symbol,
+        timeframe=timeframe,
+        model_name=name,
+        model_version=version,
+        mlflow_run_id=model.run_id,
+        agent_version_id=version_id(tracker, store, name, version),
+        vol_version_id=version_id(tracker, store, vol_name, vol_version) if vol_version else None,
+        dagster_run_id=context.run.run_id,
+        data_version=frame_fingerprint(recent),
+        horizon=config.horizon,
     )
-    frame = frame.with_columns((pl.Series("size", target) * (pl.col("side") != 0)).alias("size"))
+    preds, frame = agent_rows(bars, rules, served)
+    store.write_predictions(preds)
     store.write_signals(frame)
     latest = frame.tail(1).row(0, named=True) if frame.height else {}
     return dg.Output(
@@ -241,7 +254,7 @@ def signals(
             "model": f"{name} v{version}",
             "served_by": served_by,
             "mlflow_run_id": model.run_id,
-            "longs": int((frame["side"] == 1).sum()),
+            **decision_counts(frame),
             "latest_signal": json.dumps(
                 {
                     k: str(v)
@@ -258,3 +271,27 @@ def signals(
             ),
         },
     )
+
+
+def _other_agents(
+    bars: pl.DataFrame,
+    tracker,
+    artifacts: ArtifactStore,
+    ohlcv: pl.DataFrame,
+    symbol: str,
+    timeframe: str,
+) -> tuple[pl.DataFrame, str | None]:
+    """`bars` with the regime agent's `regime` and `gate` (when `regime` was materialized) and the
+    volatility champion's `sigma` (when there is one), and that champion's version."""
+    regime = artifacts.read_partition("regime", symbol, timeframe)
+    if regime is not None:
+        bars = bars.join(regime.select("timestamp", "regime", "gate"), on="timestamp", how="left")
+    vol_name = registered_model_name(symbol, timeframe, "volatility")
+    vol_version = tracker.aliases(vol_name).get(ALIAS_CHAMPION)
+    if vol_version:
+        from quant_assets.lib.volatility import load_volatility_model, volatility_frame
+
+        forecaster = load_volatility_model(tracker, vol_name, vol_version)
+        sigma = volatility_frame(ohlcv["timestamp"], ohlcv["close"], forecaster)
+        bars = bars.join(sigma, on="timestamp", how="left")
+    return bars, vol_version
