@@ -438,6 +438,9 @@ def _evaluate_partition(
         "champion_version": champion_version or "none",
         "holdout_rows": holdout.height,
         "holdout_window": f"{holdout['timestamp'].min()} .. {holdout['timestamp'].max()}",
+        "training_window": tracker.version_tags(name, record["version"]).get(
+            "training_window", "not recorded"
+        ),
         "n_trials": dg.MetadataValue.int(n_trials),
         "trials_sharpe_variance": dg.MetadataValue.float(
             variance if variance is not None else float("nan")

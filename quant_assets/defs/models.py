@@ -46,6 +46,13 @@ from quant_assets.lib.health import (
     partition_status,
 )
 from quant_assets.lib.live import training_signal_quality
+from quant_assets.lib.lookback import (
+    day_walk_forward_plan,
+    default_lookback_days,
+    lookback_start_row,
+    shifted_plan,
+    training_window_label,
+)
 from quant_assets.lib.model_card import render_model_card
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.retrain import ModelState, next_version
@@ -105,6 +112,21 @@ class SplitsConfig(dg.Config):
     test_size: int | None = None
     step: int | None = None
     gap: int = 0
+    lookback_days: int | None = None
+    """Rolling window: only the latest N days of the dataset are split (folds, final fit and the
+    hold-out, the latest `holdout_fraction` of the window). None: the timeframe's default (180 days
+    for 1h and finer, the full history for coarser timeframes); 0: the full history."""
+    train_days: float | None = None
+    """Walk-forward in calendar days (schemes expanding and rolling, used when test_days is set):
+    rolling trains on the train_days before each test window, expanding on every earlier row."""
+    test_days: float | None = None
+    step_days: float | None = None
+
+    def lookback(self, timeframe: str) -> int | None:
+        """The rolling window of `timeframe` in days; None for the full history."""
+        if self.lookback_days is None:
+            return default_lookback_days(timeframe)
+        return self.lookback_days or None
 
     def split_config(self, n_rows: int) -> SplitConfig:
         embargo: int | float = int(self.embargo) if self.embargo >= 1 else self.embargo
@@ -236,9 +258,24 @@ def walk_forward_splits(
 def _splits_of(
     context: dg.AssetExecutionContext, config: SplitsConfig, frame: pl.DataFrame, key: str
 ) -> PartitionOutput:
-    split = config.split_config(frame.height)
+    days = config.lookback(key.split("|")[1])
+    first = lookback_start_row(frame["timestamp"], days)
+    window = frame.slice(first)
+    split = config.split_config(window.height)
     try:
-        plan = _split_plan(split, frame)
+        if config.test_days and config.scheme != "purged_kfold":
+            plan = day_walk_forward_plan(
+                window["timestamp"],
+                window["t0"],
+                window["t1"],
+                holdout_fraction=config.holdout_fraction,
+                train_days=config.train_days if config.scheme == "rolling" else None,
+                test_days=config.test_days,
+                step_days=config.step_days,
+            )
+        else:
+            plan = _split_plan(split, window)
+        plan = shifted_plan(plan, first)
     except SplitConfigError as exc:  # too few rows: recorded; training skips this partition
         context.log.warning(f"{key}: no folds: {exc}")
         plan = SplitPlan(split.scheme, np.arange(frame.height), np.empty(0, dtype=np.int64), 0, [])
@@ -255,6 +292,8 @@ def _splits_of(
             "holdout_start": str(frame["timestamp"][int(plan.holdout_idx[0])])
             if plan.holdout_idx.size
             else "none",
+            "lookback": training_window_label(days, frame["timestamp"], first),
+            "rows_before_window": first,
             "config": dg.MetadataValue.json(config.model_dump()),
             "fold_table": dg.MetadataValue.md(
                 markdown_table(table.drop("train_rows", "test_rows", "scheme"), max_rows=30)
@@ -715,6 +754,12 @@ def _train_partition(
             ),
             **model_state_tags(state, trained_through, mode, reasons),
             "splits_version": identity["splits_version"],
+            # the rows the plan draws from (its rolling lookback window), which the evaluation reports
+            "training_window": (
+                f"{frame['timestamp'][int(plan.dev_idx.min())]} .. {frame['timestamp'].max()}"
+                if plan.dev_idx.size
+                else "none"
+            ),
             **(
                 {
                     "base_version": status.version or "",
