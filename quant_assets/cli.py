@@ -197,8 +197,11 @@ def run_selection(
     verbose: bool = False,
     config_file: str | None = None,
     command: str = "materialize",
+    asset_config: dict[str, dict] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> int:
-    """Submit `selection` × partitions as one asset backfill and follow it to its end."""
+    """Submit `selection` × partitions as one asset backfill and follow it to its end
+    (`asset_config`: Config per asset, as from `--config`; `tags`: added to the runs)."""
     from quant_assets.definitions import build_defs
     from quant_assets.defs import backfills
     from quant_assets.defs.partitions import CONFIGURED_TIMEFRAMES
@@ -236,7 +239,7 @@ def run_selection(
         subset, keys = backfills.backfill_subset(defs, selection, symbols, timeframes)
     except (backfills.BackfillError, *selection_errors()) as exc:
         raise QuantAssetsError(f"--select {selection!r}: {exc}") from exc
-    asset_config = load_asset_config(config_file)
+    asset_config = asset_config or load_asset_config(config_file)
     unknown = sorted(set(asset_config) - {k.to_user_string() for k in keys})
     if unknown:
         raise QuantAssetsError(
@@ -254,7 +257,11 @@ def run_selection(
             instance,
             subset,
             title=f"{command} {'everything' if selection.strip() == '*' else selection}",
-            tags={"quant_assets/command": command, "quant_assets/selection": selection[:200]},
+            tags={
+                "quant_assets/command": command,
+                "quant_assets/selection": selection[:200],
+                **(tags or {}),
+            },
             run_config={"ops": {k: {"config": v} for k, v in asset_config.items()}}
             if asset_config
             else None,
@@ -440,46 +447,69 @@ def _requested_model(settings: Settings, tracker, raw_symbol: str, raw_timeframe
     )
 
 
-def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    from quant_assets.lib.registry_ops import promote_version
-    from quant_assets.lib.tracking import ALIAS_CHALLENGER
+def manual_decision(
+    settings: Settings, symbol: str, timeframe: str, decision: dict[str, object], command: str
+) -> int:
+    """A run of `champion` for one partition carrying a person's decision as its Config and tags
+    (through the same backfill path as `materialize`), so the Dagster UI, the registry's version
+    tags and promotion_log record the same run, person and reason."""
+    import getpass
 
-    tracker, store = _registry(settings)
+    requested_by = getpass.getuser()
+    config = {**decision, "requested_by": requested_by}
+    code = run_selection(
+        settings,
+        "champion",
+        [symbol],
+        [timeframe],
+        command=command,
+        asset_config={"champion": config},
+        tags={
+            "quant_assets/decision": str(decision["manual"]),
+            "quant_assets/requested_by": requested_by,
+            "quant_assets/reason": str(decision["reason"])[:200],
+        },
+    )
+    if code == 0:
+        with _instance(settings) as instance:
+            import dagster as dg
+
+            from quant_assets.defs.partitions import partition_key
+
+            event = instance.get_latest_materialization_event(
+                dg.AssetKey("champion"), partition=partition_key(symbol, timeframe)
+            )
+            if event is not None and event.asset_materialization is not None:
+                print(event.asset_materialization.metadata["message"].value)
+    return code
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from quant_assets.lib.registry_ops import require_version
+    from quant_assets.lib.tracking import ALIAS_CHALLENGER, ALIAS_CHAMPION
+
+    tracker, _ = _registry(settings)
     symbol, timeframe, name = _requested_model(settings, tracker, args.symbol, args.timeframe)
     version = args.version or tracker.aliases(name).get(ALIAS_CHALLENGER)
     if not version:
         raise QuantAssetsError(f"{name} has no challenger; train one or pass --version")
-    result = promote_version(
-        tracker,
-        store,
-        name,
-        version,
-        symbol=symbol,
-        timeframe=timeframe,
-        action="manual_promote",
-        decided_by="cli",
-        reason=args.reason,
-    )
-    print(result["message"])
-    return 0
+    # refused or no-op requests are answered here, without a run (the run re-checks under the lock)
+    require_version(tracker, name, str(version))
+    if tracker.aliases(name).get(ALIAS_CHAMPION) == str(version):
+        print(f"{name}: v{version} already is the champion; nothing changed")
+        return 0
+    decision = {"manual": "promote", "version": str(version), "reason": args.reason}
+    return manual_decision(settings, symbol, timeframe, decision, "promote")
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from quant_assets.lib.registry_ops import rollback_champion
+    from quant_assets.lib.registry_ops import check_rollback
 
     tracker, store = _registry(settings)
     symbol, timeframe, name = _requested_model(settings, tracker, args.symbol, args.timeframe)
-    result = rollback_champion(
-        tracker,
-        store,
-        name,
-        symbol=symbol,
-        timeframe=timeframe,
-        reason=args.reason,
-        again=args.again,
-    )
-    print(result["message"])
-    return 0
+    check_rollback(tracker, store, name, args.again)  # a refusal needs no run
+    decision = {"manual": "rollback", "reason": args.reason, "again": bool(args.again)}
+    return manual_decision(settings, symbol, timeframe, decision, "rollback")
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,6 +22,7 @@ from quant_assets.defs.models import (
     walk_forward_splits,
 )
 from quant_assets.defs.ohlcv import ohlcv
+from quant_assets.defs.report import daily_report, model_report, weekly_report
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.symbols import build_watchlist_sensor
@@ -42,6 +43,7 @@ ASSETS = [
     signals,
     volatility_model,
     model_health,
+    model_report,
     *META_ASSETS,
 ]
 
@@ -53,7 +55,7 @@ def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
         # code references: every asset links to its source file and line in the UI
         assets=with_code_references(limited_to_timeframes(ASSETS, settings.timeframes)),
         resources=resources_from_settings(settings),
-        schedules=automation["schedules"],
+        schedules=[*automation["schedules"], daily_report, weekly_report],
         sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],
         jobs=[*automation["jobs"], *PIPELINE_JOBS],
         executor=dg.in_process_executor,

@@ -53,7 +53,7 @@ from quant_assets.lib.lookback import (
     shifted_plan,
     training_window_label,
 )
-from quant_assets.lib.model_card import render_model_card
+from quant_assets.lib.model_card import model_card_summary, render_model_card
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.retrain import ModelState, next_version
 from quant_assets.lib.signals import choose_long_threshold, choose_short_threshold
@@ -355,6 +355,7 @@ def log_training_run(
     timeframe: str,
     data_source: str | None = None,
     extra_artifacts: dict[str, dict] | None = None,
+    dataset_path: Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """One MLflow run with everything needed to audit and reuse a trained model; the new version gets
     the `challenger` alias. Returns the record stored by the asset and the calibration plot."""
@@ -483,11 +484,29 @@ def log_training_run(
             data_source=data_source,
         )
         tracker.log_text(run_id, card, "model_card.md")
+        tracker.describe_run(run_id, model_card_summary(card))
+        if dataset_path is not None:
+            # the Parquet file trained on and its data version: the run's input in the MLflow UI
+            tracker.log_dataset(
+                run_id,
+                dataset_path,
+                f"training_dataset {symbol}|{timeframe}",
+                tags["data_version"],
+                {name: str(dtype) for name, dtype in frame.schema.items()},
+            )
         example = frame.select(pl.col(result.feature_columns).cast(pl.Float64)).head(5).to_pandas()
         version = tracker.log_model(
             result.model, result.config.model_type, example, registered_name, tags
         )
         tracker.set_alias(registered_name, ALIAS_CHALLENGER, version.version)
+        kind = registered_name.split(".", 1)[0]
+        tracker.describe_registered_model(
+            registered_name,
+            f"{'Global' if symbol == 'ALL' else symbol} {timeframe} direction model "
+            f"(`{kind}`): calibrated probability that the take-profit barrier is hit first. "
+            "Aliases: `challenger` (newest), `champion` (serving), `prior_champion`.",
+            {"symbol": symbol, "timeframe": timeframe, "kind": kind, "target": dataset.target},
+        )
     record = {
         "symbol": symbol,
         "timeframe": timeframe,
@@ -547,8 +566,11 @@ def _trained_output(
                 if k in record
             },
             "alias": ALIAS_CHALLENGER,
-            "mlflow_run": dg.MetadataValue.url(tracker.run_url(record["run_id"]).split(" ")[0]),
+            "mlflow_run": dg.MetadataValue.url(tracker.run_url(record["run_id"])),
             "mlflow_run_id": record["run_id"],
+            "mlflow_version": dg.MetadataValue.url(
+                tracker.version_url(record["model_name"], record["version"])
+            ),
             **{k: float(record[k]) for k in keys if k in record},
             "n_dev": record["n_dev"],
             "n_holdout": record["n_holdout"],
@@ -739,6 +761,7 @@ def _train_partition(
         tracker,
         experiment="challenger_model",
         run_name=f"{key} {label}",
+        dataset_path=artifacts.path("training_dataset", symbol, timeframe),
         registered_name=name,
         dataset=dataset,
         plan_table=plan_table,

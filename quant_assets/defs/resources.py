@@ -109,11 +109,13 @@ class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry (MLFLOW_TRACKING_URI; default SQLite under the artifacts root)."""
 
     tracking_uri: str
+    ui_url: str = ""
+    """Base URL of the MLflow UI that metadata links point to (QUANT_ASSETS_MLFLOW_UI_URL)."""
 
     def get_tracker(self) -> Tracker:
         from quant_assets.lib.tracking import Tracker
 
-        return Tracker(self.tracking_uri)
+        return Tracker(self.tracking_uri, self.ui_url)
 
 
 class TradingStoreResource(dg.ConfigurableResource):
@@ -208,7 +210,7 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
         ),
         "artifacts": ArtifactStore(root=root),
         "io_manager": ParquetIOManager(root=root),
-        "mlflow": MlflowResource(tracking_uri=settings.mlflow_uri),
+        "mlflow": MlflowResource(tracking_uri=settings.mlflow_uri, ui_url=settings.mlflow_ui),
         "trading_store": TradingStoreResource(url=trading_url),
         "alerts": AlertResource(url=trading_url, webhook_url=settings.alert_webhook_url),
         "retrain_rules": RetrainRulesResource(

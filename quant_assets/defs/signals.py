@@ -2,6 +2,7 @@
 [symbol × timeframe]: the champion's predictions on recent bars, written for execution systems."""
 
 import json
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -26,6 +27,21 @@ from quant_assets.lib.storage import frame_fingerprint
 from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
 
 
+class ChampionConfig(dg.Config):
+    """A manual decision (`quant-assets promote` / `rollback`, or the Launchpad); empty = the
+    decision of the latest evaluation's gates."""
+
+    manual: Literal["", "promote", "rollback"] = ""
+    version: str = ""
+    """Version to promote (default: the current challenger)."""
+    requested_by: str = ""
+    """The person who decided (a version tag, the run's tag and this materialization's metadata;
+    promotion_log records the decision as `cli` with this run's id)."""
+    reason: str = ""
+    again: bool = False
+    """Allow rolling back a rollback (re-instates the version just rolled back from)."""
+
+
 @dg.asset(
     automation_condition=FOLLOWS_UPSTREAM,
     partitions_def=symbol_timeframe_partitions,
@@ -33,22 +49,30 @@ from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
     group_name="promotion",
     kinds={"mlflow"},
     code_version="1",
+    # read from the store, not loaded as an input: a manual decision needs no evaluation
+    deps=["champion_challenger_evaluation"],
 )
 @each_partition
 def champion(
     context: dg.AssetExecutionContext,
+    config: ChampionConfig,
     mlflow: MlflowResource,
     trading_store: TradingStoreResource,
-    champion_challenger_evaluation: pl.DataFrame,
+    artifacts: ArtifactStore,
 ) -> dg.Output[pl.DataFrame]:
     """The model in service after the latest evaluation. A challenger that passed every gate
     becomes the champion: the registry alias `champion` moves to it, the previous one is kept as
     `prior_champion`, the version is tagged with the decision and promotion_log gets a row. A
     rejected challenger (or none) leaves the champion as it was, and this records that decision:
-    a rejection is a successful materialization, not a failure."""
+    a rejection is a successful materialization, not a failure. A manual decision (config
+    `manual`) promotes a chosen version or rolls back to the prior champion instead, recorded
+    the same way with who decided and why."""
     symbol, timeframe = symbol_and_timeframe(context)
-    row = champion_challenger_evaluation.row(0, named=True)
     tracker = mlflow.get_tracker()
+    if config.manual:
+        return _manual_decision(context, config, tracker, trading_store, symbol, timeframe)
+    evaluation = artifacts.require_partition("champion_challenger_evaluation", symbol, timeframe)
+    row = evaluation.row(0, named=True)
     name = row.get("model_name") or registered_model_name(symbol, timeframe)
     if row["decision"] != "promote":
         current = tracker.aliases(name).get(ALIAS_CHAMPION) if row.get("model_name") else None
@@ -73,6 +97,11 @@ def champion(
                 "champion": current or "none",
                 "registered_model": name,
                 "reason": record["reason"],
+                **(
+                    {"champion_version": dg.MetadataValue.url(tracker.version_url(name, current))}
+                    if current
+                    else {}
+                ),
             },
         )
     from quant_assets.lib.registry_ops import promote_version  # SQLAlchemy: only when promoting
@@ -109,6 +138,79 @@ def champion(
             "prior_champion": result["prior_champion"] or "none",
             "registered_model": name,
             "reason": row["reason"],
+            "champion_version": dg.MetadataValue.url(tracker.version_url(name, result["champion"])),
+        },
+    )
+
+
+def _manual_decision(
+    context: dg.AssetExecutionContext,
+    config: ChampionConfig,
+    tracker,
+    trading_store: TradingStoreResource,
+    symbol: str,
+    timeframe: str,
+) -> dg.Output[pl.DataFrame]:
+    """A promotion or rollback decided by a person, carried out in this run (so the UI, the
+    registry's tags and promotion_log name the same run, person and reason)."""
+    from quant_assets.lib.registry_ops import promote_version, rollback_champion
+    from quant_assets.lib.tracking import ALIAS_CHALLENGER
+
+    name = registered_model_name(symbol, timeframe)
+    requested_by = config.requested_by or "launchpad"
+    if config.manual == "promote":
+        version = config.version or tracker.aliases(name).get(ALIAS_CHALLENGER)
+        if not version:
+            raise dg.Failure(f"{name} has no challenger; name a version to promote")
+        result = promote_version(
+            tracker,
+            trading_store.get_store(),
+            name,
+            version,
+            symbol=symbol,
+            timeframe=timeframe,
+            action="manual_promote",
+            decided_by="cli",
+            reason=config.reason or "manual promotion",
+            dagster_run_id=context.run.run_id,
+        )
+        decision = "manual_promote"
+    else:
+        result = rollback_champion(
+            tracker,
+            trading_store.get_store(),
+            name,
+            symbol=symbol,
+            timeframe=timeframe,
+            reason=config.reason or "manual rollback",
+            again=config.again,
+            decided_by="cli",
+            dagster_run_id=context.run.run_id,
+        )
+        decision = "rollback"
+    if result["changed"]:
+        tracker.set_version_tags(
+            name, str(result["champion"]), {"promotion.requested_by": requested_by}
+        )
+    context.log.info(str(result["message"]))
+    record = {
+        "symbol": symbol,
+        "timeframe": timeframe,
+        "decision": decision if result["changed"] else "keep",
+        "champion": str(result["champion"]),
+        "prior_champion": str(result["prior_champion"] or ""),
+        "reason": config.reason,
+    }
+    return dg.Output(
+        pl.DataFrame([record]),
+        metadata={
+            **{k: v or "none" for k, v in record.items() if k not in ("symbol", "timeframe")},
+            "requested_by": requested_by,
+            "message": str(result["message"]),
+            "registered_model": name,
+            "champion_version": dg.MetadataValue.url(
+                tracker.version_url(name, str(result["champion"]))
+            ),
         },
     )
 
@@ -254,6 +356,8 @@ def signals(
             "model": f"{name} v{version}",
             "served_by": served_by,
             "mlflow_run_id": model.run_id,
+            "mlflow_run": dg.MetadataValue.url(tracker.run_url(model.run_id)),
+            "model_version": dg.MetadataValue.url(tracker.version_url(name, version)),
             **decision_counts(frame),
             "latest_signal": json.dumps(
                 {

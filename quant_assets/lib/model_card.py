@@ -241,3 +241,21 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+#: the sections of a model card that a run's description shows (the full card is an artifact)
+SUMMARY_SECTIONS = ("## Metrics", "## Known risks")
+
+
+def model_card_summary(card: str) -> str:
+    """The card's title, metrics and known risks: the description of its MLflow run."""
+    lines = card.splitlines()
+    out = [lines[0], ""] if lines else []
+    keep = False
+    for line in lines[1:]:
+        if line.startswith("## "):
+            keep = line.strip() in SUMMARY_SECTIONS
+        if keep:
+            out.append(line)
+    out += ["", "The full model card is the run's `model_card.md` artifact."]
+    return "\n".join(out)

@@ -50,7 +50,7 @@ def promote_version(
     """
     version = str(version)
     with store.registry_lock(name) as connection:
-        _require_version(tracker, name, version)
+        require_version(tracker, name, version)
         previous = tracker.aliases(name).get(ALIAS_CHAMPION)
         if previous == version:
             return {
@@ -88,31 +88,14 @@ def rollback_champion(
     reason: str,
     again: bool = False,
     decided_by: str = "cli",
+    dagster_run_id: str | None = None,
 ) -> dict[str, object]:
     """Restore `prior_champion` as champion; the version rolled back from becomes `prior_champion`.
 
     Refused (PromotionConflictError) when the champion itself came from a rollback, unless `again`.
     """
     with store.registry_lock(name) as connection:
-        aliases = tracker.aliases(name)
-        prior, current = aliases.get(ALIAS_PRIOR_CHAMPION), aliases.get(ALIAS_CHAMPION)
-        if not prior or prior == current:
-            raise PromotionError(
-                f"{name} has no prior_champion to roll back to (aliases: {_aliases_text(aliases)})"
-            )
-        last = store.last_move(name, connection)
-        if (
-            not again
-            and last is not None
-            and last["action"] == "rollback"
-            and last["version"] == current
-        ):
-            raise PromotionConflictError(
-                f"{name}: v{current} is champion because of a rollback (promotion_log #{last['id']}, "
-                f"from v{last['prior_version']}); rolling back again would re-instate "
-                f"v{prior}, the version rolled back from. Pass --again to do that, or promote a "
-                "specific version with `quant-assets promote --version`"
-            )
+        prior, current = _rollback_target(tracker, store, name, again, connection)
         return _move(
             tracker,
             store,
@@ -125,7 +108,41 @@ def rollback_champion(
             action="rollback",
             decided_by=decided_by,
             reason=reason,
+            dagster_run_id=dagster_run_id,
         )
+
+
+def check_rollback(tracker: Tracker, store: TradingStore, name: str, again: bool = False) -> str:
+    """The version a rollback of `name` would restore, or the PromotionError /
+    PromotionConflictError it would be refused with (checked before launching the rollback run)."""
+    with store.registry_lock(name) as connection:
+        return _rollback_target(tracker, store, name, again, connection)[0]
+
+
+def _rollback_target(
+    tracker: Tracker, store: TradingStore, name: str, again: bool, connection: sa.Connection
+) -> tuple[str, str | None]:
+    """(prior champion to restore, current champion), or the refusal."""
+    aliases = tracker.aliases(name)
+    prior, current = aliases.get(ALIAS_PRIOR_CHAMPION), aliases.get(ALIAS_CHAMPION)
+    if not prior or prior == current:
+        raise PromotionError(
+            f"{name} has no prior_champion to roll back to (aliases: {_aliases_text(aliases)})"
+        )
+    last = store.last_move(name, connection)
+    if (
+        not again
+        and last is not None
+        and last["action"] == "rollback"
+        and last["version"] == current
+    ):
+        raise PromotionConflictError(
+            f"{name}: v{current} is champion because of a rollback (promotion_log #{last['id']}, "
+            f"from v{last['prior_version']}); rolling back again would re-instate "
+            f"v{prior}, the version rolled back from. Pass --again to do that, or promote a "
+            "specific version with `quant-assets promote --version`"
+        )
+    return prior, current
 
 
 def registry_disagreements(tracker: Tracker, store: TradingStore, name: str) -> list[str]:
@@ -223,10 +240,14 @@ def _move(
         tracker.set_alias(name, ALIAS_PRIOR_CHAMPION, previous)
     tracker.set_alias(name, ALIAS_CHAMPION, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    # the version's `decision` is what happened to it; a gate verdict it overrides is kept
+    gates_said = tracker.version_tags(name, version).get("decision")
     tracker.set_version_tags(
         name,
         version,
         {
+            "decision": action,
+            **({"gates.decision": gates_said} if gates_said and gates_said != action else {}),
             "promotion.decision": action,
             "promotion.decided_by": decided_by,
             "promotion.reason": reason,
@@ -261,7 +282,7 @@ def _move(
     }
 
 
-def _require_version(tracker: Tracker, name: str, version: str) -> None:
+def require_version(tracker: Tracker, name: str, version: str) -> None:
     try:
         tracker.client.get_model_version(name, version)
     except Exception as exc:  # MlflowException: the registry says what is missing

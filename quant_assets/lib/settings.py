@@ -35,6 +35,9 @@ class Settings:
     dagster_home: str = "./.dagster_home"
     #: MLflow tracking URI; empty means a SQLite store under the artifacts root
     mlflow_tracking_uri: str = ""
+    #: base URL of the MLflow UI that metadata links point to (run, registry version); empty = the
+    #: tracking URI when it is an http(s) server, else http://127.0.0.1:5000 (`mlflow ui`'s default)
+    mlflow_ui_url: str = ""
     #: symbols registered by `quant-assets demo`
     universe: tuple[str, ...] = DEFAULT_UNIVERSE
     #: timeframes materialized by default
@@ -105,6 +108,15 @@ class Settings:
         return self.max_concurrent_runs if self.max_concurrent_runs > 0 else os.cpu_count() or 1
 
     @property
+    def mlflow_ui(self) -> str:
+        """Base URL of the MLflow UI for links (see `mlflow_ui_url`)."""
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        if self.mlflow_uri.startswith(("http://", "https://")):
+            return self.mlflow_uri.rstrip("/")
+        return "http://127.0.0.1:5000"
+
+    @property
     def mlflow_uri(self) -> str:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
@@ -116,6 +128,7 @@ _ENV = {
     "artifacts": "QUANT_ASSETS_ARTIFACTS",
     "dagster_home": "DAGSTER_HOME",
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_ui_url": "QUANT_ASSETS_MLFLOW_UI_URL",
     "universe": "QUANT_ASSETS_UNIVERSE",
     "timeframes": "QUANT_ASSETS_TIMEFRAMES",
     "watchlist": "QUANT_ASSETS_WATCHLIST",

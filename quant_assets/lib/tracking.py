@@ -31,6 +31,22 @@ if TYPE_CHECKING:
 from quant_assets.lib.masking import mask_secrets
 
 ALIAS_CHALLENGER = "challenger"
+#: descriptions of the experiments (one per Dagster asset that logs runs), shown in the MLflow UI
+EXPERIMENT_DESCRIPTIONS: dict[str, str] = {
+    "challenger_model": "One run per training of a symbol|timeframe direction model "
+    "(`challenger_model` asset): purged cross-validation, out-of-fold calibration, hold-out "
+    "metrics, model card; the model is registered as `direction.<SYMBOL>.<tf>`.",
+    "global_challenger_model": "One run per training of a timeframe's global model over every "
+    "symbol (`global_challenger_model`), registered as `direction_global.<tf>`.",
+    "champion_challenger_evaluation": "Champion and challenger on the same hold-out and "
+    "backtest, with the promotion gates' results (`champion_challenger_evaluation`).",
+    "meta_learner": "Per-regime meta-learners (`meta_learner`), registered as "
+    "`meta.<SYMBOL>.<tf>.<regime>`.",
+    "meta_filter": "Meta-labelling filter of the primary strategies' trades (`meta_filter`).",
+    "ensemble_signals": "Ensemble against primaries and the champion on the hold-out "
+    "(`ensemble_signals`); served when it passes the promotion gates.",
+    "model_report": "Daily and weekly reports of model health and trading (`model_report`).",
+}
 ALIAS_CHAMPION = "champion"
 ALIAS_PRIOR_CHAMPION = "prior_champion"
 #: model-version tag holding the SHA-256 of the model's artifact files, recorded at registration
@@ -199,7 +215,9 @@ class RegisteredVersion:
 class Tracker:
     """A thin, explicit wrapper over MlflowClient and the model flavours we log."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, ui_url: str = "") -> None:
+        """`ui_url`: base URL of the MLflow UI for links; empty = the tracking URI when it is a
+        server, else `mlflow ui`'s default address."""
         import mlflow
 
         # MLflow prints registration notices and a pip-version warning per model at INFO/WARNING
@@ -207,6 +225,9 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         prepare_tracking_store(tracking_uri)
         self.tracking_uri = tracking_uri
+        if not ui_url and tracking_uri.startswith(("http://", "https://")):
+            ui_url = tracking_uri
+        self.ui_url = (ui_url or "http://127.0.0.1:5000").rstrip("/")
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -219,10 +240,72 @@ class Tracker:
 
         try:
             return self.client.create_experiment(
-                name, artifact_location=default_artifact_location(self.tracking_uri, name)
+                name,
+                artifact_location=default_artifact_location(self.tracking_uri, name),
+                # the description the MLflow UI shows above the runs, and what produced them
+                tags={
+                    "mlflow.note.content": EXPERIMENT_DESCRIPTIONS.get(
+                        name, f"Runs of the Dagster asset `{name}` (quant-assets)."
+                    ),
+                    "dagster.asset_key": name,
+                    "project": "quant-assets",
+                },
             )
         except MlflowException:  # created meanwhile by a parallel step
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def describe_registered_model(
+        self, name: str, description: str, tags: dict[str, str] | None = None
+    ) -> None:
+        """The registered model's description and tags (symbol, timeframe, kind) in the registry."""
+        self.client.update_registered_model(name, description=description)
+        for key, value in (tags or {}).items():
+            self.client.set_registered_model_tag(name, key, str(value))
+
+    def describe_run(self, run_id: str, text: str) -> None:
+        """The run's description (markdown) in the MLflow UI."""
+        self.client.set_tag(run_id, "mlflow.note.content", text)
+
+    def log_dataset(
+        self, run_id: str, path: str | Path, name: str, digest: str, columns: dict[str, str]
+    ) -> None:
+        """Record the Parquet file a run trained on as the run's input dataset: its location, its
+        data version (digest) and its columns, without copying the data."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types.schema import ColSpec, Schema
+
+        def spec(column: str, dtype: str) -> ColSpec:
+            kind = dtype.lower()
+            if kind.startswith(("float", "decimal")):
+                return ColSpec("double", column)
+            if kind.startswith(("int", "uint")):
+                return ColSpec("long", column)
+            if kind.startswith("bool"):
+                return ColSpec("boolean", column)
+            if kind.startswith("datetime"):
+                return ColSpec("datetime", column)
+            return ColSpec("string", column)
+
+        with warnings.catch_warnings():  # MLflow registers two local sources that both match
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
+        dataset = MetaDataset(
+            source=source,
+            name=name,
+            digest=digest[:36],
+            schema=Schema([spec(c, t) for c, t in columns.items()]),
+        )
+        self.client.log_inputs(
+            run_id,
+            [
+                DatasetInput(
+                    dataset._to_mlflow_entity(),
+                    tags=[InputTag("mlflow.data.context", "training")],
+                )
+            ],
+        )
 
     @contextmanager
     def run(self, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
@@ -238,11 +321,15 @@ class Tracker:
             yield active.info.run_id
 
     def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI (`ui_url`)."""
         run = self.client.get_run(run_id)
-        path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/{path}"
-        return f"http://127.0.0.1:5000/{path} (run `mlflow ui --backend-store-uri {self.tracking_uri}`)"
+        return f"{self.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    def version_url(self, name: str, version: str) -> str:
+        """A registered model version's page in the MLflow UI (`ui_url`)."""
+        from urllib.parse import quote
+
+        return f"{self.ui_url}/#/models/{quote(name, safe='')}/versions/{version}"
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
