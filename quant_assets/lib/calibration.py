@@ -143,7 +143,10 @@ def calibration_plot_png(
     from matplotlib.figure import Figure
 
     # a bare Figure renders with Agg without touching pyplot's global state or any display
-    fig = Figure(figsize=(6.4, 7.2), dpi=110, layout="constrained")
+    # fixed margins: the constrained-layout solver draws every figure twice (it was half the
+    # cost of a plot, paid in every training run)
+    fig = Figure(figsize=(6.4, 7.2), dpi=110)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.95, bottom=0.08, hspace=0.08)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot(
         [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated"
