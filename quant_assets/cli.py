@@ -22,6 +22,14 @@ def prepare_instance_home(settings: Settings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     wanted = instance_yaml(settings.run_slots)
+    if settings.deployment == "celery" and (
+        not config.exists() or config.read_text().startswith(INSTANCE_YAML_HEADER)
+    ):
+        # workers on other machines open the instance the run names: it cannot be local SQLite
+        raise QuantAssetsError(
+            f"deployment = 'celery' needs the Dagster instance on PostgreSQL: put the top-level "
+            f"dagster.yaml in {home} (DAGSTER_HOME), see README.md, 'Scale out'"
+        )
     if not (home / "dagster.yml").exists() and (
         not config.exists()
         or (config.read_text().startswith(INSTANCE_YAML_HEADER) and config.read_text() != wanted)

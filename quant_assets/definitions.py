@@ -1,6 +1,7 @@
 """The Dagster code location: every asset, check, resource, job and sensor of quant-assets, from
 Settings. Runs execute in one process each (`in_process_executor`): parallelism comes from the run
-queue, which runs `max_concurrent_runs` batched runs at once (see README, "Execution")."""
+queue, which runs `max_concurrent_runs` batched runs at once (see README, "Execution"); with
+`deployment = "celery"` their steps run on Celery workers (README, "Scale out")."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dagster as dg
 from quant_assets.defs.automation import Clock, build_automation, wall_clock
 from quant_assets.defs.conditions import limited_to_timeframes
 from quant_assets.defs.evaluation import champion_challenger_evaluation
+from quant_assets.defs.executor import executor_from_settings
 from quant_assets.defs.features import cross_sectional_ranks, features
 from quant_assets.defs.health import model_health
 from quant_assets.defs.jobs import PIPELINE_JOBS
@@ -58,7 +60,7 @@ def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
         schedules=[*automation["schedules"], daily_report, weekly_report],
         sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],
         jobs=[*automation["jobs"], *PIPELINE_JOBS],
-        executor=dg.in_process_executor,
+        executor=executor_from_settings(settings),
     )
 
 

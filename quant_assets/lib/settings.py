@@ -19,6 +19,8 @@ from quant_assets.lib.timeframes import check_timeframe
 DEFAULT_UNIVERSE: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SPY", "AAPL")
 DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1h", "4h", "1d")
 CONFIG_FILE_NAME = "quant_assets.toml"
+#: values of the `deployment` setting
+DEPLOYMENTS: tuple[str, ...] = ("local", "celery")
 
 
 class SettingsError(QuantAssetsError, ValueError):
@@ -84,6 +86,15 @@ class Settings:
     #: accept a source whose history contradicts stored bars (dropped or changed bars) and reload
     #: the partition in full, recorded in its metadata; false = refuse, keeping the stored bars
     allow_history_rewrite: bool = False
+    #: where steps run: "local" (each run in one process, the embedded default) or "celery" (Dagster's
+    #: Celery executor: steps on worker machines; needs shared stores, see README "Scale out")
+    deployment: str = "local"
+    #: Celery broker of the celery deployment (RabbitMQ; redis://... works too)
+    celery_broker: str = "pyamqp://guest:guest@127.0.0.1:5672//"
+    #: Celery result backend of the celery deployment (dagster-celery's default, results over the broker)
+    celery_backend: str = "rpc://"
+    #: Celery queue the steps are sent to and the workers listen on
+    celery_queue: str = "quant_assets"
     #: where this came from, for logs
     origin: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -151,6 +162,10 @@ _ENV = {
     "allow_history_rewrite": "QUANT_ASSETS_ALLOW_HISTORY_REWRITE",
     "max_concurrent_runs": "QUANT_ASSETS_MAX_CONCURRENT_RUNS",
     "symbols_per_run": "QUANT_ASSETS_SYMBOLS_PER_RUN",
+    "deployment": "QUANT_ASSETS_DEPLOYMENT",
+    "celery_broker": "QUANT_ASSETS_CELERY_BROKER",
+    "celery_backend": "QUANT_ASSETS_CELERY_BACKEND",
+    "celery_queue": "QUANT_ASSETS_CELERY_QUEUE",
 }
 ENV_VARS: dict[str, str] = dict(_ENV)
 
@@ -175,6 +190,11 @@ def _coerce(name: str, value: object, where: str) -> object:
             if text not in {"1", "0", "true", "false", "yes", "no", "on", "off", ""}:
                 raise ValueError(f"{value!r} is not a boolean")
             return text in {"1", "true", "yes", "on"}
+        if name == "deployment":
+            text = str(value).strip().lower()
+            if text not in DEPLOYMENTS:
+                raise ValueError(f"{value!r} is not one of {', '.join(DEPLOYMENTS)}")
+            return text
         return str(value)
     except (ValueError, TypeError) as exc:
         raise SettingsError(f"{where}: setting {name!r}: {exc}") from exc
