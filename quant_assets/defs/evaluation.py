@@ -11,6 +11,7 @@ import polars as pl
 
 from quant_assets.defs.batching import PartitionOutput, emit, partition_check
 from quant_assets.defs.features import features
+from quant_assets.defs.metadata import table
 from quant_assets.defs.models import (
     challenger_model,
     image_markdown,
@@ -459,10 +460,14 @@ def _evaluate_partition(
             )
             if k in evidence_metrics
         },
-        "side_by_side": dg.MetadataValue.md(
-            markdown_table(side_by_side, max_rows=len(SHOWN_METRICS))
-        ),
-        "gates": dg.MetadataValue.md(markdown_table(gates, max_rows=20)),
+        # the challenger's key metrics as numbers: the Plots tab charts them across evaluations
+        **{
+            f"challenger_{k}": float(v)
+            for k, v in metrics["challenger"].items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        },
+        "side_by_side": table(side_by_side, max_rows=len(SHOWN_METRICS)),
+        "gates": table(gates, max_rows=20),
         "equity_curves": dg.MetadataValue.md(image_markdown(equity_png, "equity curves")),
         "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
         "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),

@@ -208,6 +208,22 @@ def _log_meta_model(
     return version.version
 
 
+def _alias_meta_models(
+    tracker: Tracker, meta_learner: pl.DataFrame, used: set[str], serving: bool
+) -> None:
+    """Registry aliases of the meta-learners the ensemble used: `ensemble` on each, and `champion`
+    while the ensemble is served (removed when it no longer is)."""
+    for row in meta_learner.iter_rows(named=True):
+        if not row.get("version") or row["regime"] not in used:
+            continue
+        name, version = row["model_name"], str(row["version"])
+        tracker.set_alias(name, "ensemble", version)
+        if serving:
+            tracker.set_alias(name, ALIAS_CHAMPION, version)
+        elif ALIAS_CHAMPION in tracker.aliases(name):
+            tracker.delete_alias(name, ALIAS_CHAMPION)
+
+
 def _log_variant_metrics(tracker: Tracker, run_id: str, summary: pl.DataFrame) -> None:
     """Every finite metric of every backtested variant, as `<variant>_<metric>`."""
     for row in summary.iter_rows(named=True):
@@ -301,6 +317,16 @@ def meta_learner(
                 )
                 if model is not None
                 else ""
+            )
+        if version:
+            tracker.set_alias(name, "challenger", version)
+            tracker.describe_registered_model(
+                name,
+                f"{symbol} {timeframe} meta-learner of the `{row['regime']}` regime: calibrated "
+                "probability that the primary strategies' trade hits its take-profit first. "
+                "Aliases: `challenger` (newest), `ensemble` (used by the latest ensemble), "
+                "`champion` (serving: the ensemble passed the promotion gates).",
+                {"symbol": symbol, "timeframe": timeframe, "kind": "meta", "regime": row["regime"]},
             )
         rows.append(
             {**row, "model_name": name if version else "", "version": version, "run_id": run_id}
@@ -631,6 +657,7 @@ def ensemble_signals(
         tracker.log_frame(run_id, pl.DataFrame(decision.as_rows()), "gates.csv")
         tracker.log_dict(run_id, {"fallbacks": reasons}, "fallbacks.json")
         tracker.log_file(run_id, png)
+    _alias_meta_models(tracker, meta_learner, set(models) - set(reasons), decision.promote)
     recent = combined.signals.tail(config.lookback_bars).with_columns(
         pl.lit(decision.promote).alias("serving"),
         pl.lit(decision.reason).alias("decision_reason"),

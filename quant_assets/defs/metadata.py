@@ -76,6 +76,8 @@ def _preview(frame: pl.DataFrame) -> dg.MetadataValue:
 
 def _typed(value: Any) -> Any:
     """A metadata value typed for the UI: rounded floats, plain ints, JSON text as JSON, links."""
+    if isinstance(value, dg.FloatMetadataValue) and value.value is not None:
+        return rounded(value.value)
     if isinstance(value, dg.MetadataValue):
         return value
     if isinstance(value, bool | np.bool_):

@@ -27,8 +27,10 @@ def test_values_are_typed_for_the_ui() -> None:
             "mlflow_run": "http://mlflow.example:5000/#/experiments/1/runs/abc",
             "reason": "plain text {stays}",
             "n": 3,
+            "dsr": dg.MetadataValue.float(0.123456789),
         },
     )
+    assert out["dsr"] == 0.1235
     assert out["ece"] == 0.6593
     assert isinstance(out["latest_signal"], dg.JsonMetadataValue)
     assert out["latest_signal"].data == {"side": "1", "prob_up": "0.61"}
