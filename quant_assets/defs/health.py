@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.metadata import readable_metadata
 from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME
 from quant_assets.defs.resources import (
     ArtifactStore,
@@ -60,19 +61,22 @@ def model_health(
     flagged = table.filter(pl.col("retrain") != "no")
     return dg.Output(
         table,
-        metadata={
-            "dagster/row_count": table.height,
-            "partitions": table.height,
-            "with_champion": int((table["role"] == "champion").sum()) if table.height else 0,
-            "without_model": int((table["role"] == "none").sum()) if table.height else 0,
-            "needing_retrain": flagged.height,
-            "model_health": dg.MetadataValue.md(
-                markdown_table(table.drop("why"), max_rows=max(table.height, 1))
-            ),
-            "retrain_reasons": dg.MetadataValue.md(
-                markdown_table(flagged.select("partition", "mode", "why"), max_rows=200)
-                if flagged.height
-                else "no partition needs a retrain"
-            ),
-        },
+        metadata=readable_metadata(
+            table,
+            {
+                "dagster/row_count": table.height,
+                "partitions": table.height,
+                "with_champion": int((table["role"] == "champion").sum()) if table.height else 0,
+                "without_model": int((table["role"] == "none").sum()) if table.height else 0,
+                "needing_retrain": flagged.height,
+                "model_health": dg.MetadataValue.md(
+                    markdown_table(table.drop("why"), max_rows=max(table.height, 1))
+                ),
+                "retrain_reasons": dg.MetadataValue.md(
+                    markdown_table(flagged.select("partition", "mode", "why"), max_rows=200)
+                    if flagged.height
+                    else "no partition needs a retrain"
+                ),
+            },
+        ),
     )

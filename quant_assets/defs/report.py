@@ -9,6 +9,7 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
+from quant_assets.defs.metadata import readable_metadata
 from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME
 from quant_assets.defs.resources import (
     AlertResource,
@@ -128,14 +129,17 @@ def model_report(
     context.log.info(f"{config.period} report: {html_path} (webhook: {delivered})")
     return dg.Output(
         health,
-        metadata={
-            **report.summary,
-            "period": config.period,
-            "report": dg.MetadataValue.md(report.markdown),
-            "html_report": dg.MetadataValue.path(str(html_path)),
-            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
-            "webhook": delivered,
-        },
+        metadata=readable_metadata(
+            health,
+            {
+                **report.summary,
+                "period": config.period,
+                "report": dg.MetadataValue.md(report.markdown),
+                "html_report": dg.MetadataValue.path(str(html_path)),
+                "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
+                "webhook": delivered,
+            },
+        ),
     )
 
 
