@@ -355,6 +355,56 @@ def load_asset_config(path: str | None) -> dict[str, dict]:
     return {name: body.get("config", body) for name, body in ops.items()}
 
 
+#: What `dataset export` materializes for a partition that is not stored yet: the dataset and
+#: everything upstream of it (ohlcv, features, labels, cross_sectional_ranks).
+EXPORT_SELECTION = "+key:training_dataset"
+
+
+def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Export stored training_dataset rows of symbols x one timeframe within a date range. Partitions
+    not stored yet are materialized first by one asset backfill (the path of `materialize`)."""
+    import dagster as dg
+    import polars as pl
+
+    from quant_assets.defs.io import partition_path
+    from quant_assets.lib.export import export_frame, format_of, parse_day, write_export
+    from quant_assets.lib.symbols import normalize_symbol
+    from quant_assets.lib.timeframes import check_timeframe, timeframe_seconds
+
+    fmt = format_of(args.output, args.format)
+    start, end = parse_day(args.start), parse_day(args.end, end=True)
+    timeframe = check_timeframe(args.timeframe)
+    symbols = list(dict.fromkeys(normalize_symbol(s) for s in args.symbols))
+    root = settings.artifacts_path
+    key = dg.AssetKey("training_dataset")
+    paths = {s: partition_path(root, key, f"{s}|{timeframe}") for s in symbols}
+    missing = [s for s, path in paths.items() if not path.exists()]
+    if missing:
+        # a timeframe's features read the coarser timeframes' bars of the same symbol
+        coarser = [
+            t for t in settings.timeframes if timeframe_seconds(t) > timeframe_seconds(timeframe)
+        ]
+        print(f"training_dataset not stored for {', '.join(missing)} at {timeframe}: materializing")
+        code = run_selection(
+            settings, EXPORT_SELECTION, missing, [timeframe, *coarser], command="dataset export"
+        )
+        if code != 0:
+            print(f"error: materializing {', '.join(missing)} failed; nothing exported", file=sys.stderr)
+            return code
+    frame = export_frame({s: pl.read_parquet(path) for s, path in paths.items()}, start, end)
+    if frame.is_empty():
+        raise QuantAssetsError(
+            f"no training_dataset rows of {', '.join(symbols)} at {timeframe} between "
+            f"{start.isoformat()} and {end.isoformat()}"
+        )
+    target = write_export(frame, args.output, fmt)
+    print(
+        f"exported {frame.height} rows x {frame.width} columns ({', '.join(symbols)} {timeframe}, "
+        f"{frame['timestamp'].min()} .. {frame['timestamp'].max()}) to {target} ({fmt})"
+    )
+    return 0
+
+
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     return run_selection(
         settings, args.select, args.symbols, args.timeframes, args.verbose, args.config
@@ -698,6 +748,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(the Launchpad's `ops:` section also works)",
     )
     mat.set_defaults(func=cmd_materialize)
+
+    dataset = sub.add_parser("dataset", help="training datasets for notebooks")
+    dataset_actions = dataset.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = dataset_actions.add_parser(
+        "export",
+        help="write training_dataset rows of symbols x timeframe in a date range to Parquet/CSV",
+        description="Reads the stored training_dataset partitions (materializing missing ones, and "
+        "their upstream assets, by one asset backfill as `materialize` does), keeps the rows whose "
+        "bar opened in [--start, --end] (an end date covers its whole day, UTC), and writes them "
+        "sorted by timestamp then symbol, with a first `symbol` column, atomically. Columns: "
+        "symbol, timestamp, t0, t1, the features, y (y_class for multi_class), sample_weight, the "
+        "label outcomes and target (README, 'Research breadth').",
+    )
+    export.add_argument("--symbols", nargs="+", required=True, metavar="S")
+    export.add_argument("--timeframe", required=True)
+    export.add_argument("--start", required=True, help="YYYY-MM-DD or ISO timestamp (UTC)")
+    export.add_argument("--end", required=True, help="YYYY-MM-DD (whole day) or ISO timestamp")
+    export.add_argument("--format", choices=("parquet", "csv"), help="default: from --output")
+    export.add_argument("--output", required=True, metavar="FILE")
+    export.set_defaults(func=cmd_dataset_export)
 
     promote = sub.add_parser(
         "promote", help="manually make a version the champion (logged with its reason)"

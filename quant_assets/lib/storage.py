@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -14,12 +16,19 @@ from quant_assets.lib.errors import InvalidPartitionKeyError
 
 def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write `frame` to `path` so a reader sees either the old file or the new one, never half."""
+    return write_atomic(
+        path, lambda handle: frame.write_parquet(handle, compression="zstd", statistics=True)
+    )
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write` on a temporary file beside `path`, fsync it and rename it onto `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            frame.write_parquet(handle, compression="zstd", statistics=True)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
