@@ -27,6 +27,7 @@ from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.report import daily_report, model_report, weekly_report
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.signals import champion, signals
+from quant_assets.defs.serving import build_serving_automation
 from quant_assets.defs.symbols import build_watchlist_sensor
 from quant_assets.defs.volatility import volatility_model
 from quant_assets.lib.settings import Settings, load_settings
@@ -53,13 +54,14 @@ ASSETS = [
 def build_defs(settings: Settings, clock: Clock = wall_clock) -> dg.Definitions:
     """Everything Dagster loads; `clock` is the time the retrain sensors see (tests move it)."""
     automation = build_automation(settings, clock)
+    serving = build_serving_automation(settings)
     return dg.Definitions(
         # code references: every asset links to its source file and line in the UI
         assets=with_code_references(limited_to_timeframes(ASSETS, settings.timeframes)),
-        resources=resources_from_settings(settings),
-        schedules=[*automation["schedules"], daily_report, weekly_report],
+        resources={**resources_from_settings(settings), **serving["resources"]},
+        schedules=[*automation["schedules"], *serving["schedules"], daily_report, weekly_report],
         sensors=[build_watchlist_sensor(settings.watchlist_path), *automation["sensors"]],
-        jobs=[*automation["jobs"], *PIPELINE_JOBS],
+        jobs=[*automation["jobs"], *PIPELINE_JOBS, *serving["jobs"]],
         executor=executor_from_settings(settings),
     )
 

@@ -78,6 +78,11 @@ class Settings:
     max_incremental_steps: int = 5
     #: URL that alerts are POSTed to as JSON (retried, with a timeout); empty = table and log only
     alert_webhook_url: str = ""
+    #: minutes after a bar closes before its timeframe's bar-close serving run scores it (after the
+    #: ohlcv refresh, `ohlcv_refresh_delay_minutes`)
+    serving_delay_minutes: int = 7
+    #: agent_preds rows whose bar is older than this many days are deleted by the daily retention job
+    agent_preds_retention_days: int = 90
     #: Dagster runs executing at once (the run queue's limit); 0 = one per CPU core
     max_concurrent_runs: int = 0
     #: partitions per batched run of a backfill (symbols of one timeframe); 0 = spread the watched
@@ -159,6 +164,8 @@ _ENV = {
     "degradation_tolerance": "QUANT_ASSETS_DEGRADATION_TOLERANCE",
     "max_incremental_steps": "QUANT_ASSETS_MAX_INCREMENTAL_STEPS",
     "alert_webhook_url": "QUANT_ASSETS_ALERT_WEBHOOK_URL",
+    "serving_delay_minutes": "QUANT_ASSETS_SERVING_DELAY_MINUTES",
+    "agent_preds_retention_days": "QUANT_ASSETS_AGENT_PREDS_RETENTION_DAYS",
     "allow_history_rewrite": "QUANT_ASSETS_ALLOW_HISTORY_REWRITE",
     "max_concurrent_runs": "QUANT_ASSETS_MAX_CONCURRENT_RUNS",
     "symbols_per_run": "QUANT_ASSETS_SYMBOLS_PER_RUN",

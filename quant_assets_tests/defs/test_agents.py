@@ -37,11 +37,34 @@ def test_signals_from_the_execution_agent_are_traceable(
     register(instance, "BTCUSDT")
     _run("*champion", instance, {**FAST, **LENIENT_GATES})
     _run("volatility_model", instance)
-    _run("signals", instance)
-
     tracker = Tracker(mlflow_uri)
     store = TradingStore(sql_url_for("", project_dir / "artifacts"))
     direction, volatility = "direction.BTCUSDT.4h", "volatility.BTCUSDT.4h"
+
+    # bar-close serving: one run scores the newest closed bar of every symbol, once
+    defs = build_defs(load_settings())
+    serve = defs.resolve_job_def("serve_bar_close")
+    run_config = {"ops": {"serve_new_bars": {"config": {"timeframe": "4h"}}}}
+    first = serve.execute_in_process(run_config=run_config, instance=instance)
+    assert first.output_for_node("serve_new_bars")["rows"] == 1
+    at_close = store.read_signals(symbol="BTCUSDT", timeframe="4h")
+    assert at_close.height == 1 and at_close["vol_version_id"][0] is not None
+    repeat = serve.execute_in_process(run_config=run_config, instance=instance)
+    assert repeat.output_for_node("serve_new_bars")["rows"] == 0  # no new bar: nothing rewritten
+    assert store.read_signals(symbol="BTCUSDT", timeframe="4h").equals(at_close)
+
+    _run("signals", instance)
+    # the asset, computing features on the whole history, agrees with the bar-close row
+    same_bar = store.read_signals(symbol="BTCUSDT", timeframe="4h").filter(
+        pl.col("timestamp") == at_close["timestamp"][0]
+    )
+    print(f"bar-close row: {at_close.select('side', 'prob_up', 'sigma', 'size').row(0)}")
+    for column in ("prob_up", "sigma", "size", "stop_loss", "take_profit"):
+        if at_close[column][0] is None:  # flat: no levels
+            assert same_bar[column][0] is None
+        else:
+            assert same_bar[column][0] == pytest.approx(at_close[column][0], rel=1e-9)
+    assert same_bar["side"][0] == at_close["side"][0]
     assert tracker.aliases(volatility).get("champion")  # beat the naive forecast out of fold
     for name in (direction, volatility):
         assert registry_catalog_differences(tracker, store, name) == []
@@ -79,3 +102,11 @@ def test_signals_from_the_execution_agent_are_traceable(
     _run("signals", instance)
     again = store.read_signals(symbol="BTCUSDT", timeframe="4h")
     assert again.height == signals.height
+
+    # retention through its job: nothing is as old as 10,000 days
+    retention = defs.resolve_job_def("agent_preds_retention").execute_in_process(
+        run_config={"ops": {"delete_old_agent_preds": {"config": {"max_age_days": 1e4}}}},
+        instance=instance,
+    )
+    assert retention.output_for_node("delete_old_agent_preds") == 0
+    assert store.read_predictions(model_name=direction).height == preds.height
