@@ -6,6 +6,7 @@ import polars.selectors as cs
 
 from quant_assets.defs.batching import PartitionOutput, emit, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
+from quant_assets.defs.metadata import table
 from quant_assets.defs.partitions import (
     CONFIGURED_TIMEFRAMES,
     PARTITION_BATCH,
@@ -27,7 +28,6 @@ from quant_assets.lib.features import (
     cross_sectional_ranks as rank_across_symbols,
 )
 from quant_assets.lib.leakage import mtf_lookahead_violations, recursive_analysis
-from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.settings import DEFAULT_TIMEFRAMES
 from quant_assets.lib.timeframes import timeframe_seconds
 
@@ -137,20 +137,18 @@ def _features_of(
             "snapshot_timeframes": ", ".join(coarser) or "none (no coarser timeframe)",
             "snapshot_features": ", ".join(MTF_FEATURES),
             "config": dg.MetadataValue.json(config.model_dump()),
-            "preview": dg.MetadataValue.md(
-                markdown_table(
-                    frame.filter(pl.col("is_warm"))
-                    .select(
-                        "timestamp",
-                        "ret_1",
-                        "rsi_14",
-                        "atr_14_frac",
-                        "bb_pctb",
-                        "vol_20",
-                        cs.starts_with("tf"),
-                    )
-                    .tail(5)
+            "preview": table(
+                frame.filter(pl.col("is_warm"))
+                .select(
+                    "timestamp",
+                    "ret_1",
+                    "rsi_14",
+                    "atr_14_frac",
+                    "bb_pctb",
+                    "vol_20",
+                    cs.starts_with("tf"),
                 )
+                .tail(5)
             ),
         },
         checks=[
@@ -218,6 +216,6 @@ def _ranks_output(frames: dict[str, pl.DataFrame]) -> PartitionOutput:
             "symbols": ", ".join(sorted(frames)),
             "timestamps": per_ts.height,
             "mean_symbols_per_timestamp": float(per_ts["xs_n_symbols"].mean()),
-            "preview": dg.MetadataValue.md(markdown_table(ranks.drop_nulls().tail(5))),
+            "preview": table(ranks.drop_nulls().tail(5)),
         },
     )

@@ -6,6 +6,7 @@ import polars as pl
 
 from quant_assets.defs.batching import PartitionOutput, emit, inputs_of, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
+from quant_assets.defs.metadata import table
 from quant_assets.defs.partitions import (
     PARTITION_BATCH,
     step_partitions,
@@ -14,7 +15,6 @@ from quant_assets.defs.partitions import (
 from quant_assets.defs.resources import ArtifactStore
 from quant_assets.lib.labels import MINORITY_CLASS_WARN_FRACTION, build_labels, label_summary
 from quant_assets.lib.leakage import label_lookahead_report
-from quant_assets.lib.reporting import markdown_table
 
 
 class LabelsConfig(dg.Config):
@@ -150,7 +150,7 @@ def _labels_of(
             ),
             "mean_sample_weight": float(frame["sample_weight"].mean() or 0.0),
             "config": dg.MetadataValue.json(config.model_dump()),
-            "preview": dg.MetadataValue.md(markdown_table(frame.drop_nulls("label").tail(5))),
+            "preview": table(frame.drop_nulls("label").tail(5)),
         },
         checks=[
             dg.AssetCheckResult(

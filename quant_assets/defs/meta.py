@@ -13,6 +13,7 @@ import polars as pl
 
 from quant_assets.defs.batching import each_partition, partition_check
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM, RETRAINS_NIGHTLY
+from quant_assets.defs.metadata import table
 from quant_assets.defs.models import BY_TIMEFRAME, image_markdown
 from quant_assets.defs.partitions import (
     PARTITION_BATCH,
@@ -169,7 +170,7 @@ def primary_signals(
         metadata={
             "dagster/row_count": frame.height,
             **{k: int(v) for k, v in counts.items()},
-            "preview": dg.MetadataValue.md(markdown_table(frame.tail(5))),
+            "preview": table(frame.tail(5)),
         },
     )
 

@@ -7,6 +7,7 @@ import polars as pl
 
 from quant_assets.defs.batching import PartitionOutput, emit, partition_check
 from quant_assets.defs.conditions import BUILDS_NEW_PARTITIONS
+from quant_assets.defs.metadata import table
 from quant_assets.defs.partitions import (
     PARTITION_BATCH,
     step_partitions,
@@ -15,7 +16,6 @@ from quant_assets.defs.partitions import (
 from quant_assets.defs.resources import ArtifactStore, MarketDataResource
 from quant_assets.lib.calendars import infer_calendar
 from quant_assets.lib.ingest import refresh_bars
-from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.storage import frame_fingerprint
 from quant_assets.lib.validation import ohlcv_quality
 
@@ -89,7 +89,7 @@ def _refresh_partition(
             "source": source.description,
             "calendar": result.calendar.name,
             "data_version": version,
-            "preview": dg.MetadataValue.md(markdown_table(frame.tail(5))),
+            "preview": table(frame.tail(5)),
         },
         checks=[fn(frame, timeframe, report) for fn in CHECKS],
     )
