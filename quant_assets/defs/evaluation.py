@@ -470,7 +470,7 @@ def _evaluate_partition(
         "gates": table(gates, max_rows=20),
         "equity_curves": dg.MetadataValue.md(image_markdown(equity_png, "equity curves")),
         "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
-        "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
+        "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
     }
     if evidence is not None:
         metadata["fold_backtests"] = dg.MetadataValue.md(

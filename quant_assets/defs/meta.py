@@ -453,7 +453,7 @@ def meta_filter(
             "model": f"{name} v{version}",
             "side_by_side": dg.MetadataValue.md(markdown_table(comparison.summary)),
             "equity_curves": dg.MetadataValue.md(image_markdown(png, "filtered vs unfiltered")),
-            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
+            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
         },
     )
 
@@ -682,7 +682,7 @@ def ensemble_signals(
             "comparison": dg.MetadataValue.md(markdown_table(comparison.summary)),
             "gates": dg.MetadataValue.md(markdown_table(pl.DataFrame(decision.as_rows()))),
             "equity_curves": dg.MetadataValue.md(image_markdown(png, "ensembles on the hold-out")),
-            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id).split(" ")[0]),
+            "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
             "holdout_start": str(holdout_start),
             "compared_with": champion,
         },

@@ -345,6 +345,7 @@ def _browser():
 #: texts of the Dagster UI's error states
 ERROR_TEXTS = (
     "Unexpected GraphQL error",
+    "An unexpected error",
     "An error occurred",
     "Something went wrong",
     "Error loading",
