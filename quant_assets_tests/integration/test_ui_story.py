@@ -1,12 +1,14 @@
-"""The UI tells the story, on a small instance built the product's way (`quant-assets materialize`,
-one asset backfill run by Dagster's daemon): a signal row links to its Dagster run, its model
-version, the version's MLflow run, training data and code; the report renders and is posted;
-a manual promotion and rollback are runs of `champion` that the UI, the registry and
-promotion_log agree on; and a real browser (Debian's chromium, headless, through Selenium) loads
-the asset graph, a partition's metadata and the backfill page without an error banner.
+"""The UI tells the story, on a small real instance: a signal row links to its Dagster run, its
+model version, the version's MLflow run, training data and code; no partition grid has a dead
+half; the report renders and is posted; a manual promotion and rollback (`quant-assets promote` /
+`rollback`, asset backfills run by Dagster's daemon) are runs of `champion` that the UI, the
+registry and promotion_log agree on; and a real browser (Debian's chromium, headless, through
+Selenium) loads the asset graph, partition metadata and the backfills page without an error banner.
 
 Size: one symbol, one timeframe (1d), 2.5 years of synthetic bars, a 40-tree model and gates every
-model passes, so the whole module takes about two minutes on two cores."""
+model passes. The instance is built with the tests' in-process executor (one process, one
+`dg.materialize` per stage, the settings of the instance): the CLI's backfill path is tested by
+integration/test_backfill_execution.py, and here by the promotion and rollback."""
 
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ SCREENSHOTS = Path(
 )
 
 
+#: materialize argv[1] for SYMBOL|TIMEFRAME with the asset Config in the YAML file argv[2]
+BUILD = f"""
+import sys, yaml, dagster as dg
+from quant_assets.definitions import build_defs
+from quant_assets.lib.settings import load_settings
+from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
+defs = build_defs(load_settings())
+config = yaml.safe_load(open(sys.argv[2]))
+with dg.DagsterInstance.get() as instance:
+    plan = plan_runs(defs, sys.argv[1], ["{SYMBOL}"], ["{TIMEFRAME}"])
+    outcomes = execute_plan(defs, plan, instance, asset_config=config)
+failed = [(o.planned.label, o.error) for o in outcomes if o.status != "success"]
+print(failed)
+sys.exit(1 if failed else 0)
+"""
+
+
 class _Hook(BaseHTTPRequestHandler):
     received: list[dict] = []
 
@@ -79,6 +98,20 @@ class Story:
         self.seconds[" ".join(args[:2])] = round(time.perf_counter() - started, 1)
         assert done.returncode == 0, done.stdout + done.stderr
         return done
+
+    def build(self, selection: str, config: Path) -> None:
+        """Materialize `selection` in one process with the instance's settings (BUILD)."""
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", BUILD, selection, str(config)],
+            cwd=self.workdir,
+            env={**self.env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        self.seconds[f"build {selection}"] = round(time.perf_counter() - started, 1)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
@@ -122,22 +155,9 @@ def _env(workdir: Path, hook_url: str) -> dict[str, str]:
     return env
 
 
-def _wait_for_daemon(story: Story, process: subprocess.Popen, timeout: float = 90) -> None:
-    from quant_assets.defs.backfills import backfill_daemon_alive
-
-    deadline = time.monotonic() + timeout
-    with story.instance() as instance:
-        while not backfill_daemon_alive(instance):
-            assert process.poll() is None, "the execution daemon exited"
-            assert time.monotonic() < deadline, "the execution daemon never heartbeat"
-            time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory):
-    """One symbol × one timeframe built through `quant-assets materialize --select '*'` (every
-    asset, the meta layer and the report included) with one execution daemon shared by every CLI
-    invocation of the module (each would otherwise start its own)."""
+    """One symbol × one timeframe, every asset (the meta layer and the report included)."""
     workdir = tmp_path_factory.mktemp("ui_story")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -146,24 +166,10 @@ def story(tmp_path_factory: pytest.TempPathFactory):
     story.hook = _Hook.received
     (workdir / "fast.yaml").write_text(yaml.safe_dump({**FAST, **LENIENT_GATES}))
     story.cli("symbols", "add", SYMBOL)  # also writes the instance's dagster.yaml
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "quant_assets.defs.daemon"],
-        cwd=workdir,
-        env=story.env,
-        stdout=open(workdir / "daemon.log", "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     try:
-        _wait_for_daemon(story, daemon)
-        story.cli("materialize", "--select", "*", "--config", str(workdir / "fast.yaml"))
+        story.build("*", workdir / "fast.yaml")
         yield story
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
         server.shutdown()
         print(f"\nui story timings (s): {story.seconds}")
 
@@ -277,12 +283,8 @@ def test_manual_promotion_and_rollback_are_runs_of_champion(story) -> None:
         },
     }
     (story.workdir / "strict.yaml").write_text(yaml.safe_dump(strict))
-    story.cli(
-        "materialize",
-        "--select",
-        "challenger_model champion_challenger_evaluation champion",
-        "--config",
-        str(story.workdir / "strict.yaml"),
+    story.build(
+        "challenger_model champion_challenger_evaluation champion", story.workdir / "strict.yaml"
     )
     second = tracker.aliases(NAME)["challenger"]
     assert second != first and tracker.aliases(NAME)["champion"] == first
@@ -402,17 +404,18 @@ def test_the_dagster_ui_renders_in_a_real_browser(story) -> None:
         text = _page(
             driver,
             f"{base}/assets/signals?view=partitions&partition={partition}",
-            ["model_version", "dagster/row_count", MLFLOW_UI],
+            ["model_version", "mlflow_run", "latest_signal", MLFLOW_UI],
             "signals_partition",
         )
-        assert "latest_signal" in text
+        assert f"/#/models/{NAME}/versions/" in text
         _page(
             driver,
             f"{base}/assets/champion?view=partitions&partition={partition}",
             ["rollback", "requested_by", "bad fills"],
             "champion_partition",
         )
-        _page(driver, f"{base}/overview/backfills", ["materialize", "Completed"], "backfills")
+        # the promotion and the rollback were asset backfills of the CLI
+        _page(driver, f"{base}/overview/backfills", ["promote champion", "Completed"], "backfills")
         story.seconds["browser pages"] = round(time.perf_counter() - started, 1)
     finally:
         driver.quit()
