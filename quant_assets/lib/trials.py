@@ -456,8 +456,47 @@ def partition_trials(tracker: Any, name: str, challenger_version: str) -> Partit
             record["eligible_thresholds"],
             float(record["chosen_threshold"]),
         )
+    # sweep trials (lib.sweeps): nested runs tagged with the registered model, each a configuration
+    # cross-validated on the partition; one the challenger was trained with is counted once
+    for run in _sweep_trial_runs(tracker, name):
+        config_id = run.data.tags.get("config_id")
+        if not config_id or config_id in seen:
+            continue
+        found = _version_trials(tracker, run.info)
+        if found is None:
+            without += 1
+            continue
+        record, oof = found
+        seen[config_id] = ConfigTrials(
+            config_id,
+            f"sweep trial {run.data.tags.get('quant_assets.sweep_trial', '?')} "
+            f"({record.get('config', {}).get('model_type', 'model')})",
+            oof,
+            record["eligible_thresholds"],
+            float(record["chosen_threshold"]),
+        )
     challenger = seen.pop(own_config, None) if own_config else None
     return PartitionTrials(challenger, list(seen.values()), len(versions), without)
+
+
+def _sweep_trial_runs(tracker: Any, name: str) -> list[Any]:
+    """The finished sweep-trial runs of registered model `name`, newest first (none when no sweep
+    ever ran: its experiment does not exist)."""
+    from quant_assets.lib.sweeps import SWEEP_EXPERIMENT, TAG_SWEEP_MODEL, TAG_SWEEP_TRIAL
+
+    experiment = tracker.client.get_experiment_by_name(SWEEP_EXPERIMENT)
+    if experiment is None:
+        return []
+    escaped = name.replace("'", "''")
+    return list(
+        tracker.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_SWEEP_MODEL}` = '{escaped}' "
+            f"and tags.`{TAG_SWEEP_TRIAL}` != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=5000,
+        )
+    )
 
 
 def reusable_version(tracker: Any, name: str, identity: Mapping[str, str]) -> str | None:
