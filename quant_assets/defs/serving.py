@@ -91,9 +91,7 @@ def delete_old_agent_preds(
 ) -> int:
     from quant_assets.lib.catalog import delete_old_predictions
 
-    deleted = delete_old_predictions(
-        trading_store.get_store(), timedelta(days=config.max_age_days)
-    )
+    deleted = delete_old_predictions(trading_store.get_store(), timedelta(days=config.max_age_days))
     context.log.info(f"deleted {deleted} agent_preds rows older than {config.max_age_days} days")
     context.add_output_metadata({"deleted": deleted, "max_age_days": config.max_age_days})
     return deleted

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
@@ -32,7 +33,7 @@ from quant_assets.lib.features import (
     multi_timeframe_snapshot,
 )
 from quant_assets.lib.performance import annualization
-from quant_assets.lib.serving import ServedVersions, agent_rows
+from quant_assets.lib.serving import agent_rows
 from quant_assets.lib.signals import long_threshold, resolve_short_threshold
 from quant_assets.lib.storage import frame_fingerprint
 from quant_assets.lib.stores import TradingStore, agent_signals, agent_versions
@@ -125,11 +126,29 @@ class BarCloseServer:
         self.horizon = horizon
         self.target_vol = target_vol
         self._models: dict[tuple[str, str], Any] = {}
+        self._coarse: dict[tuple[str, str], tuple[Any, pl.DataFrame]] = {}
+        self._ppy: dict[tuple[str, str], float] = {}
 
     def _read_stored_bars(self, symbol: str, timeframe: str) -> pl.DataFrame | None:
         assert self.root is not None
         path = self.root / "ohlcv" / symbol / f"{timeframe}.parquet"
         return pl.read_parquet(path) if path.exists() else None
+
+    def _coarse_features(self, symbol: str, timeframe: str, bars: pl.DataFrame) -> pl.DataFrame:
+        """Features of a coarser timeframe, recomputed only when a coarser bar was added (a 4h
+        bar closes every fourth 1h close): kept per process like the models."""
+        key = (symbol, timeframe, bars["timestamp"][-1], bars.height)
+        cached = self._coarse.get((symbol, timeframe))
+        if cached is None or cached[0] != key:
+            cached = (key, compute_features(bars.tail(self.lookback), timeframe))
+            self._coarse[(symbol, timeframe)] = cached
+        return cached[1]
+
+    def _periods_per_year(self, symbol: str, timeframe: str, bars: pl.DataFrame) -> float:
+        key = (symbol, timeframe)
+        if key not in self._ppy:  # the calendar of a symbol does not change between bars
+            self._ppy[key] = annualization(timeframe, annualization_kind(bars, timeframe))
+        return self._ppy[key]
 
     def _model(self, name: str, version: str, loader: Callable[[], Any]) -> Any:
         key = (name, version)
@@ -148,9 +167,7 @@ class BarCloseServer:
 
         direction = {s: registered_model_name(s, timeframe) for s in symbols}
         volatility = {s: registered_model_name(s, timeframe, "volatility") for s in symbols}
-        champions = champions_from_catalog(
-            self.store, [*direction.values(), *volatility.values()]
-        )
+        champions = champions_from_catalog(self.store, [*direction.values(), *volatility.values()])
         models, vols = {}, {}
         for symbol in symbols:
             if direction[symbol] not in champions:
@@ -192,8 +209,8 @@ class BarCloseServer:
             higher = {}
             for tf in _needed_snapshot_timeframes(model.feature_columns, timeframe):
                 coarse = self.read_bars(symbol, tf)
-                if coarse is not None:
-                    higher[tf] = compute_features(coarse.tail(self.lookback), tf)
+                if coarse is not None and not coarse.is_empty():
+                    higher[tf] = self._coarse_features(symbol, tf, coarse)
             if higher:
                 snapshot = multi_timeframe_snapshot(features.select("timestamp"), timeframe, higher)
                 features = features.join(snapshot, on="timestamp", how="left")
@@ -201,15 +218,11 @@ class BarCloseServer:
                 pl.col("timestamp").is_in(fresh["timestamp"].implode())
             )
             bars_of[symbol] = bars
-        ranks = (
-            cross_sectional_ranks(new_rows).drop("xs_n_symbols")
-            if new_rows
-            else pl.DataFrame()
-        )
+        ranks = cross_sectional_ranks(new_rows).drop("xs_n_symbols") if new_rows else pl.DataFrame()
         report.timings["features"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-        preds, signals = [], []
+        scored_frames = []
         for symbol, rows in new_rows.items():
             model = models[symbol]
             bars = bars_of[symbol]
@@ -223,46 +236,51 @@ class BarCloseServer:
             if frame.is_empty():
                 report.skipped[symbol] = "the new bar's features are incomplete (warm-up)"
                 continue
-            scored = frame.select("timestamp", "close", "atr_14").with_columns(
-                pl.Series("prob_up", model.predict_proba(frame))
-            )
-            vol_id = None
-            if symbol in vols:
-                sigma = vols[symbol].horizon_sigma(log_returns(bars["close"].to_numpy()))
-                sigmas = bars.select("timestamp").with_columns(pl.Series("sigma", sigma))
-                scored = scored.join(sigmas, on="timestamp", how="left")
-                vol_id = champions[volatility[symbol]][1]
             long_t = model.decision_threshold or long_threshold(1.75, 1.0)
-            rules = ExecutionRules(
-                threshold_long=long_t,
-                threshold_short=resolve_short_threshold(None, model.decision_threshold_short, long_t),
-                horizon=self.horizon,
-                periods_per_year=annualization(timeframe, annualization_kind(bars, timeframe)),
-                target_vol=self.target_vol,
+            vol_id, sigma = None, np.full(frame.height, np.nan)
+            if symbol in vols:
+                forecast = vols[symbol].horizon_sigma(log_returns(bars["close"].to_numpy()))
+                # the forecasts at the scored bars (timestamps are sorted and unique)
+                at = np.searchsorted(bars["timestamp"].to_numpy(), frame["timestamp"].to_numpy())
+                sigma = forecast[at]
+                vol_id = champions[volatility[symbol]][1]
+            scored_frames.append(
+                frame.select("timestamp", "close", "atr_14").with_columns(
+                    pl.Series("prob_up", model.predict_proba(frame)),
+                    pl.Series("sigma", sigma, dtype=pl.Float64),
+                    pl.lit(long_t).alias("threshold_long"),
+                    pl.lit(
+                        resolve_short_threshold(None, model.decision_threshold_short, long_t),
+                        pl.Float64,
+                    ).alias("threshold_short"),
+                    pl.lit(self._periods_per_year(symbol, timeframe, bars)).alias(
+                        "periods_per_year"
+                    ),
+                    pl.lit(symbol).alias("symbol"),
+                    pl.lit(timeframe).alias("timeframe"),
+                    pl.lit(model.name).alias("model_name"),
+                    pl.lit(model.version).alias("model_version"),
+                    pl.lit(model.run_id).alias("mlflow_run_id"),
+                    pl.lit(champions[direction[symbol]][1]).alias("agent_version_id"),
+                    pl.lit(vol_id, pl.Int64).alias("vol_version_id"),
+                    pl.lit(dagster_run_id).alias("dagster_run_id"),
+                    # the stored bar scored (a rewritten bar gets a new data version)
+                    pl.lit(frame_fingerprint(bars.tail(frame.height))).alias("data_version"),
+                    pl.lit(self.horizon).alias("horizon"),
+                )
             )
-            served = ServedVersions(
-                symbol=symbol,
-                timeframe=timeframe,
-                model_name=model.name,
-                model_version=model.version,
-                mlflow_run_id=model.run_id,
-                agent_version_id=champions[direction[symbol]][1],
-                vol_version_id=vol_id,
-                dagster_run_id=dagster_run_id,
-                # the stored bars scored (a rewritten bar gets a new data version)
-                data_version=frame_fingerprint(
-                    bars.filter(pl.col("timestamp").is_in(scored["timestamp"].implode()))
-                ),
-                horizon=self.horizon,
-            )
-            p, s = agent_rows(scored, rules, served)
-            preds.append(p)
-            signals.append(s)
             report.served.append(symbol)
+        preds = signals = None
+        if scored_frames:
+            # one execution pass over every symbol's new bars (per-row thresholds)
+            rules = ExecutionRules(
+                threshold_long=0.5, horizon=self.horizon, target_vol=self.target_vol
+            )
+            preds, signals = agent_rows(pl.concat(scored_frames, how="diagonal_relaxed"), rules)
         report.timings["score"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        if signals:
-            self.store.write_predictions(pl.concat(preds, how="diagonal_relaxed"))
-            report.rows = self.store.write_signals(pl.concat(signals, how="diagonal_relaxed"))
+        if signals is not None:
+            self.store.write_predictions(preds)
+            report.rows = self.store.write_signals(signals)
         report.timings["write"] = time.perf_counter() - clock
         return report

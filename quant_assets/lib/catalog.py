@@ -70,9 +70,7 @@ def sync_catalog(
     now = datetime.now(UTC)
     connection.execute(
         _insert(store.engine, agents_table)
-        .values(
-            kind=kind, symbol=symbol, timeframe=timeframe, registered_name=name, created_at=now
-        )
+        .values(kind=kind, symbol=symbol, timeframe=timeframe, registered_name=name, created_at=now)
         .on_conflict_do_nothing(index_elements=["registered_name"])
     )
     agent_id = connection.execute(
@@ -180,7 +178,9 @@ def registry_catalog_differences(tracker: Any, store: TradingStore, name: str) -
     for version in sorted(registry & set(stored)):
         expected = ",".join(sorted(by_version.get(version, [])))
         if stored[version] != expected:
-            problems.append(f"v{version}: catalog aliases {stored[version]!r}, registry {expected!r}")
+            problems.append(
+                f"v{version}: catalog aliases {stored[version]!r}, registry {expected!r}"
+            )
     return problems
 
 

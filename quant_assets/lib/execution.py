@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from quant_assets.lib.signals import RANGE_TO_SIGMA, make_signals
+from quant_assets.lib.signals import RANGE_TO_SIGMA
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ SIGNAL_COLUMNS = (
     "stop_loss",
     "take_profit",
     "sigma",
+    "threshold_long",
+    "threshold_short",
+    "regime",
     "meta",
 )
 
@@ -63,41 +66,69 @@ def _optional(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def execution_decisions(bars: pl.DataFrame, rules: ExecutionRules) -> pl.DataFrame:
-    """One `agent_signals` row per bar of `bars`: SIGNAL_COLUMNS (sigma is the h-bar forecast
-    used; meta a JSON object with source, regime, gate, sigma_source and thresholds).
+    """One `agent_signals` row per bar of `bars`, in their order: SIGNAL_COLUMNS (sigma is the
+    h-bar forecast used, the thresholds those in force; meta a JSON object with source, regime,
+    gate, sigma_source and thresholds).
 
-    `bars` columns: timestamp, close, prob_up, atr_14; optional sigma (volatility agent, h-bar),
-    regime and gate (regime agent), ensemble_side and ensemble_size (served ensemble)."""
-    direction = make_signals(
-        bars["timestamp"],
-        bars["close"],
-        bars["atr_14"],
-        bars["prob_up"],
-        threshold_long=rules.threshold_long,
-        threshold_short=rules.threshold_short,
-        sl_mult=rules.sl_mult,
-        tp_mult=rules.tp_mult,
+    `bars` columns: timestamp, close, atr_14, prob_up; optional sigma (volatility agent, h-bar),
+    regime and gate (regime agent), ensemble_side and ensemble_size (served ensemble), and per-row
+    threshold_long, threshold_short, periods_per_year overriding `rules` (many symbols' models in
+    one frame: bar-close serving)."""
+    if not 0.0 < rules.threshold_long < 1.0:
+        raise ValueError(f"threshold_long must lie in (0, 1), got {rules.threshold_long}")
+    t_long = (
+        _optional(bars, "threshold_long", pl.Float64)
+        if "threshold_long" in bars.columns
+        else pl.lit(rules.threshold_long)
+    )
+    t_short = (
+        _optional(bars, "threshold_short", pl.Float64)
+        if "threshold_short" in bars.columns
+        else pl.lit(rules.threshold_short, pl.Float64)
+    )
+    ppy = (
+        _optional(bars, "periods_per_year", pl.Float64)
+        if "periods_per_year" in bars.columns
+        else pl.lit(rules.periods_per_year)
+    )
+    p = pl.col("prob_up").cast(pl.Float64).fill_nan(None)
+    usable = p.is_not_null() & pl.col("close").is_not_null() & pl.col("atr_14").is_not_null()
+    direction_side = (
+        pl.when(usable & (p >= pl.col("_t_long")))
+        .then(1)
+        .when(usable & pl.col("_t_short").is_not_null() & (p <= pl.col("_t_short")))
+        .then(-1)
+        .otherwise(0)
+    )
+    direction_strength = (
+        pl.when(direction_side == 1)
+        .then((p - pl.col("_t_long")) / (1.0 - pl.col("_t_long")))
+        .when(direction_side == -1)
+        .then((pl.col("_t_short") - p) / pl.col("_t_short"))
+        .otherwise(0.0)
+        .clip(0.0, 1.0)
     )
     h = rules.horizon
     frame = bars.select(
         "timestamp",
         pl.col("close").cast(pl.Float64),
-        pl.col("atr_14").cast(pl.Float64),
+        pl.col("atr_14").cast(pl.Float64).fill_nan(None),
+        pl.col("prob_up").cast(pl.Float64).fill_nan(None),
+        t_long.alias("_t_long"),
+        t_short.alias("_t_short"),
+        ppy.alias("_ppy"),
         _optional(bars, "sigma", pl.Float64).fill_nan(None).alias("_sigma_h"),
         _optional(bars, "regime", pl.String).alias("regime"),
         _optional(bars, "gate", pl.Boolean).alias("gate"),
         _optional(bars, "ensemble_side", pl.Int8).alias("_ens_side"),
         _optional(bars, "ensemble_size", pl.Float64).alias("_ens_size"),
     ).with_columns(
-        direction["side"].alias("_dir_side"),
-        direction["strength"].alias("_dir_strength"),
-        direction["prob_up"].alias("prob_up"),
+        direction_side.cast(pl.Int8).alias("_dir_side"),
+        direction_strength.alias("_dir_strength"),
     )
     from_ensemble = pl.col("_ens_side").is_not_null()
     gated = (
-        pl.col("gate").is_not_null() & ~pl.col("gate")
-        if rules.use_regime_gate
-        else pl.lit(False)
+        pl.col("gate").is_not_null() & ~pl.col("gate") if rules.use_regime_gate else pl.lit(False)
     )
     side = (
         pl.when(gated)
@@ -117,11 +148,10 @@ def execution_decisions(bars: pl.DataFrame, rules: ExecutionRules) -> pl.DataFra
     if rules.target_vol is None:
         size = pl.lit(1.0)
     else:
-        annual = pl.col("_sigma_bar") * math.sqrt(rules.periods_per_year)
+        annual = pl.col("_sigma_bar") * pl.col("_ppy").sqrt()
         size = pl.min_horizontal(rules.target_vol / annual, pl.lit(rules.max_size))
     unit = RANGE_TO_SIGMA * pl.col("_sigma_bar") * pl.col("close")
     signed = pl.col("side").cast(pl.Float64)
-    thresholds = {"long": rules.threshold_long, "short": rules.threshold_short}
     meta = pl.struct(
         pl.when(pl.col("side") == 0)
         .then(pl.lit("flat"))
@@ -136,8 +166,8 @@ def execution_decisions(bars: pl.DataFrame, rules: ExecutionRules) -> pl.DataFra
         .then(pl.lit("volatility_agent"))
         .otherwise(pl.lit("atr"))
         .alias("sigma_source"),
-        pl.lit(thresholds["long"]).alias("threshold_long"),
-        pl.lit(thresholds["short"], pl.Float64).alias("threshold_short"),
+        pl.col("_t_long").alias("threshold_long"),
+        pl.col("_t_short").alias("threshold_short"),
     ).struct.json_encode()
     out = frame.with_columns(
         pl.when(pl.col("side") == 0)
@@ -152,6 +182,8 @@ def execution_decisions(bars: pl.DataFrame, rules: ExecutionRules) -> pl.DataFra
         pl.when(trading).then(pl.col("close") - signed * rules.sl_mult * unit).alias("stop_loss"),
         pl.when(trading).then(pl.col("close") + signed * rules.tp_mult * unit).alias("take_profit"),
         (pl.col("_sigma_bar") * math.sqrt(h)).alias("sigma"),
+        pl.col("_t_long").alias("threshold_long"),
+        pl.col("_t_short").alias("threshold_short"),
         meta.alias("meta"),
     )
     return out.select(SIGNAL_COLUMNS).with_columns(pl.col(pl.Float64).fill_nan(None))

@@ -12,11 +12,25 @@ import polars as pl
 
 from quant_assets.lib.execution import ExecutionRules, execution_decisions
 
+#: what makes a row traceable: the agents' versions (catalog ids), the run and the data
+IDENTITY_COLUMNS = (
+    "symbol",
+    "timeframe",
+    "model_name",
+    "model_version",
+    "mlflow_run_id",
+    "agent_version_id",
+    "vol_version_id",
+    "dagster_run_id",
+    "data_version",
+    "horizon",
+)
+
 
 @dataclass(frozen=True)
 class ServedVersions:
-    """Who made a row: the direction version (and its catalog id), the volatility version when
-    one forecast sigma, the run and the data."""
+    """Who made a partition's rows: the direction version (and its catalog id), the volatility
+    version when one forecast sigma, the run and the data (IDENTITY_COLUMNS as values)."""
 
     symbol: str
     timeframe: str
@@ -31,33 +45,22 @@ class ServedVersions:
 
 
 def agent_rows(
-    bars: pl.DataFrame, rules: ExecutionRules, served: ServedVersions
+    bars: pl.DataFrame, rules: ExecutionRules, served: ServedVersions | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(agent_preds rows, agent_signals rows) of `bars` (execution_decisions' input: timestamp,
-    close, atr_14, prob_up and the optional sigma, regime, gate, ensemble_side/size columns)."""
+    """(agent_preds rows, agent_signals rows) of `bars` (execution_decisions' input). The identity
+    of the rows is `served` for one partition, else the IDENTITY_COLUMNS of `bars` per row (many
+    symbols in one frame); rows without a probability are left out."""
     decided = execution_decisions(bars, rules)
-    identity = [
-        pl.lit(served.symbol).alias("symbol"),
-        pl.lit(served.timeframe).alias("timeframe"),
-        pl.lit(served.model_name).alias("model_name"),
-        pl.lit(served.model_version).alias("model_version"),
-        pl.lit(served.mlflow_run_id).alias("mlflow_run_id"),
-        pl.lit(served.agent_version_id, pl.Int64).alias("agent_version_id"),
-        pl.lit(served.dagster_run_id).alias("dagster_run_id"),
-        pl.lit(served.data_version).alias("data_version"),
-    ]
-    regime = bars["regime"] if "regime" in bars.columns else pl.Series([None] * bars.height)
-    preds = decided.select("timestamp", "prob_up", "sigma").with_columns(
-        *identity,
-        pl.lit(served.horizon).alias("horizon"),
-        regime.cast(pl.String).alias("regime"),
+    if served is not None:
+        decided = decided.with_columns(
+            pl.lit(getattr(served, name)).alias(name) for name in IDENTITY_COLUMNS
+        )
+    else:
+        decided = decided.hstack(bars.select(IDENTITY_COLUMNS))
+    decided = decided.with_columns(
+        pl.col("agent_version_id", "vol_version_id").cast(pl.Int64)
+    ).filter(pl.col("prob_up").is_not_null())
+    preds = decided.select("timestamp", "prob_up", "sigma", "regime", *IDENTITY_COLUMNS).drop(
+        "vol_version_id"
     )
-    signals = decided.with_columns(
-        *identity,
-        pl.lit(served.vol_version_id, pl.Int64).alias("vol_version_id"),
-        pl.lit(rules.threshold_long).alias("threshold_long"),
-        pl.lit(rules.threshold_short, pl.Float64).alias("threshold_short"),
-    )
-    return preds.filter(pl.col("prob_up").is_not_null()), signals.filter(
-        pl.col("prob_up").is_not_null()
-    )
+    return preds, decided.drop("regime", "horizon")

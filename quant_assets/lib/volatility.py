@@ -15,6 +15,7 @@ h V + (sigma2_{t+1} - V)(1 - phi^h) / (1 - phi), V = omega / (1 - phi) (the unco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -251,10 +252,8 @@ def register_volatility_model(
             tracker.log_params(run_id, {f"garch.{k}": v for k, v in model.to_dict().items()})
             tracker.log_metrics(run_id, evaluation.as_metrics())
             client.log_artifacts(run_id, str(folder), "model")
-    try:
+    with contextlib.suppress(MlflowException):  # registered before (or by a parallel step)
         client.create_registered_model(name)
-    except MlflowException:  # registered before (or by a parallel step)
-        pass
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = str(client.create_model_version(name, source, run_id=run_id).version)
     tracker.set_version_tags(name, version, {**tags, ARTIFACT_HASH_TAG: digest})
@@ -274,7 +273,9 @@ def load_volatility_model(tracker: Any, name: str, version: str) -> GarchForecas
     tags = tracker.version_tags(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracker.tracking_uri
+            artifact_uri=f"models:/{name}/{version}",
+            dst_path=tmp,
+            tracking_uri=tracker.tracking_uri,
         )
         verify_model_artifact(name, str(version), tags.get(ARTIFACT_HASH_TAG), local)
         return GarchForecaster.from_dict(json.loads((Path(local) / MODEL_FILE).read_text()))

@@ -75,7 +75,9 @@ def test_signals_from_the_execution_agent_are_traceable(
     short_tag = tracker.version_tags(direction, tracker.aliases(direction)["champion"]).get(
         "decision_threshold_short"
     )
-    print(f"\nsides served: {signals['side'].value_counts().sort('side').rows()}, short {short_tag}")
+    print(
+        f"\nsides served: {signals['side'].value_counts().sort('side').rows()}, short {short_tag}"
+    )
     if short_tag:  # a downside edge on the model's out-of-fold predictions: shorts are served
         assert (signals["side"] == -1).sum() > 0
         assert signals["threshold_short"].drop_nulls().unique().to_list() == [float(short_tag)]

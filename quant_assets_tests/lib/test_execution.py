@@ -32,10 +32,16 @@ def test_direction_both_sides_with_atr_levels_matching_the_labels() -> None:
     assert out["side"].to_list() == [1, -1, 0, 0]
     # without a volatility forecast the unit is the ATR: the labels' and evaluation's barriers
     reference = make_signals(
-        bars["timestamp"], bars["close"], bars["atr_14"], bars["prob_up"],
-        threshold_long=0.6, threshold_short=0.3,
+        bars["timestamp"],
+        bars["close"],
+        bars["atr_14"],
+        bars["prob_up"],
+        threshold_long=0.6,
+        threshold_short=0.3,
     )
-    assert out["stop_loss"].to_list() == pytest.approx(reference["stop_loss"].to_list(), nan_ok=True)
+    assert out["stop_loss"].to_list() == pytest.approx(
+        reference["stop_loss"].to_list(), nan_ok=True
+    )
     assert out["take_profit"].to_list()[:2] == pytest.approx([101.75, 98.25])
     sigma_bar = 1.0 / 100.0 / RANGE_TO_SIGMA
     size = min(0.10 / (sigma_bar * math.sqrt(8760)), 1.0)

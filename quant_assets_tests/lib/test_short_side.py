@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-import polars as pl
 import pytest
 
 from quant_assets.lib.datasets import build_training_dataset
