@@ -534,11 +534,15 @@ def manual_decision(
 
             from quant_assets.defs.partitions import partition_key
 
-            event = instance.get_latest_materialization_event(
-                dg.AssetKey("champion"), partition=partition_key(symbol, timeframe)
-            )
-            if event is not None and event.asset_materialization is not None:
-                print(event.asset_materialization.metadata["message"].value)
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey("champion"),
+                    asset_partitions=[partition_key(symbol, timeframe)],
+                ),
+                limit=1,
+            ).records
+            if records and "message" in records[0].asset_materialization.metadata:
+                print(records[0].asset_materialization.metadata["message"].value)
     return code
 
 

@@ -128,11 +128,27 @@ class Story:
 
     def metadata(self, asset: str, partition: str | None = KEY) -> dict:
         with self.instance() as instance:
-            event = instance.get_latest_materialization_event(
-                dg.AssetKey(asset), partition=partition
-            )
-        assert event is not None, f"{asset} [{partition}] was never materialized"
-        return dict(event.asset_materialization.metadata)
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(asset),
+                    asset_partitions=[partition] if partition else None,
+                ),
+                limit=1,
+            ).records
+        assert records, f"{asset} [{partition}] was never materialized"
+        return dict(records[0].asset_materialization.metadata)
+
+    def materialized_by(self, asset: str, partition: str | None = KEY) -> str:
+        """The run id of the latest materialization of `asset` [partition]."""
+        with self.instance() as instance:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(asset),
+                    asset_partitions=[partition] if partition else None,
+                ),
+                limit=1,
+            ).records
+        return records[0].run_id
 
 
 def _env(workdir: Path, hook_url: str) -> dict[str, str]:
@@ -179,9 +195,7 @@ def test_a_signal_row_links_to_its_run_model_version_training_data_and_code(stor
     assert signals.height > 0
     row = signals.tail(1).row(0, named=True)
     # the SQL row names the Dagster run that wrote it, and that run materialized `signals`
-    with story.instance() as instance:
-        run = instance.get_run_by_id(row["dagster_run_id"])
-        assert run is not None and dg.AssetKey("signals") in run.asset_selection
+    assert row["dagster_run_id"] == story.materialized_by("signals")
     # ... and the registered version, whose tags name the training run, data and code versions
     tracker = story.tracker()
     version = tracker.client.get_model_version(NAME, row["model_version"])
