@@ -19,12 +19,13 @@ import dagster as dg
 import polars as pl
 import pytest
 import sqlalchemy as sa
+import yaml
 from dagster._core.execution.backfill import BulkActionStatus
 
 from quant_assets.definitions import build_defs
 from quant_assets.defs.executor import executor_from_settings
-from quant_assets.lib.deployment import DeploymentError
-from quant_assets.lib.settings import load_settings
+from quant_assets.lib.deployment import DeploymentError, celery_config, worker_yaml
+from quant_assets.lib.settings import SettingsError, load_settings
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.defs.conftest import FAST, LENIENT_GATES, register
 from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
@@ -55,8 +56,17 @@ def test_celery_deployment_refuses_stores_other_machines_cannot_reach(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("QUANT_ASSETS_TRADING_DB", "postgresql+psycopg2://u@db/trading")
     assert executor_from_settings(load_settings()).name == "celery"
+    # workers start from exactly the executor's config
+    settings = load_settings()
+    assert yaml.safe_load(worker_yaml(settings)) == {
+        "execution": {"config": celery_config(settings)}
+    }
+    assert celery_config(settings)["config_source"]["task_acks_late"] is True
     monkeypatch.setenv("QUANT_ASSETS_DEPLOYMENT", "local")
     assert executor_from_settings(load_settings()) is dg.in_process_executor
+    monkeypatch.setenv("QUANT_ASSETS_DEPLOYMENT", "kubernetes")
+    with pytest.raises(SettingsError, match="not one of local, celery"):
+        load_settings()
 
 
 def _local_reference(project_dir: Path, instance, monkeypatch: pytest.MonkeyPatch) -> Path:
