@@ -34,9 +34,18 @@ class ReportConfig(dg.Config):
 
 
 def retrain_runs(instance: dg.DagsterInstance, since: datetime) -> pl.DataFrame:
-    """One row per run since `since` that materialized a retrain asset: status and seconds."""
+    """One row per run since `since` that targeted (a backfill's or a sensor's run) or
+    materialized (any run) a retrain asset: status and seconds."""
     from quant_assets.lib.reports import RUN_COLUMNS
 
+    materialized: dict[str, set[str]] = {}
+    for asset in RETRAIN_ASSETS:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_timestamp=since.timestamp()),
+            limit=5000,
+        ).records
+        for event in found:
+            materialized.setdefault(event.run_id, set()).add(asset)
     records = instance.get_run_records(
         dg.RunsFilter(created_after=since.replace(tzinfo=None)), limit=5000
     )
@@ -44,6 +53,7 @@ def retrain_runs(instance: dg.DagsterInstance, since: datetime) -> pl.DataFrame:
     for record in records:
         run = record.dagster_run
         keys = {k.to_user_string() for k in (run.asset_selection or ())}
+        keys |= materialized.get(run.run_id, set())
         if not keys & set(RETRAIN_ASSETS):
             continue
         start, end = record.start_time, record.end_time
