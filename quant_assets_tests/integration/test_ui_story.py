@@ -5,7 +5,7 @@ half; the report renders and is posted; a manual promotion and rollback (`quant-
 registry and promotion_log agree on; and a real browser (Debian's chromium, headless, through
 Selenium) loads the asset graph, partition metadata and the backfills page without an error banner.
 
-Size: one symbol, one timeframe (4h), 16 months of synthetic bars, a 40-tree model and gates every
+Size: one symbol, one timeframe (1d: no coarser timeframe to build), 6.5 years of daily bars, a 40-tree model and gates every
 model passes. The instance is built with the tests' in-process executor (one process, one
 `dg.materialize` per stage, the settings of the instance): the CLI's backfill path is tested by
 integration/test_backfill_execution.py, and here by the promotion and rollback."""
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 CLI = str(Path(sys.executable).with_name("quant-assets"))
 WEBSERVER = str(Path(sys.executable).with_name("dagster-webserver"))
-SYMBOL, TIMEFRAME = "BTCUSDT", "4h"
+SYMBOL, TIMEFRAME = "BTCUSDT", "1d"
 KEY = f"{SYMBOL}|{TIMEFRAME}"
 NAME = f"direction.{SYMBOL}.{TIMEFRAME}"
 MLFLOW_UI = "http://mlflow.desk.example:5050"
@@ -159,8 +159,8 @@ def _env(workdir: Path, hook_url: str) -> dict[str, str]:
     }
     env.update(
         QUANT_ASSETS_TIMEFRAMES=TIMEFRAME,
-        QUANT_ASSETS_SYNTHETIC_START="2025-03-01",
-        QUANT_ASSETS_SYNTHETIC_END="2026-06-30T00:00:00",
+        QUANT_ASSETS_SYNTHETIC_START="2019-01-01",
+        QUANT_ASSETS_SYNTHETIC_END="2025-06-30T00:00:00",
         QUANT_ASSETS_MAX_CONCURRENT_RUNS="2",
         QUANT_ASSETS_ARTIFACTS=str(workdir / "artifacts"),
         QUANT_ASSETS_WATCHLIST=str(workdir / "watchlist.txt"),
