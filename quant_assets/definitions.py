@@ -28,6 +28,7 @@ from quant_assets.defs.report import daily_report, model_report, weekly_report
 from quant_assets.defs.resources import resources_from_settings
 from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.serving import build_serving_automation
+from quant_assets.defs.sweeps import hyperparameter_sweep
 from quant_assets.defs.symbols import build_watchlist_sensor
 from quant_assets.defs.volatility import volatility_model
 from quant_assets.lib.settings import Settings, load_settings
@@ -39,6 +40,7 @@ ASSETS = [
     labels,
     training_dataset,
     walk_forward_splits,
+    hyperparameter_sweep,
     challenger_model,
     global_challenger_model,
     champion_challenger_evaluation,

@@ -21,6 +21,7 @@ from quant_assets.defs.partitions import (
     symbol_timeframe_partitions,
     timeframe_partitions,
 )
+from quant_assets.defs.sweeps import swept_params
 from quant_assets.defs.resources import (
     ArtifactStore,
     MarketDataResource,
@@ -166,6 +167,10 @@ class ModelTrainingConfig(dg.Config):
     """Trees an incremental retrain adds to the champion's booster. Increments fit only the new
     development rows (~130 after a week of 1h bars): benchmarks/bench_retrain.py measured hold-out
     AUC 0.620 / raw ECE 0.057 with 5 trees against 0.608 / 0.119 with 20 (champion 0.621 / 0.036)."""
+
+    use_sweep: bool = True
+    """Train with the best parameters of the partition's stored `hyperparameter_sweep` of this
+    model type, when there is one (`params` still override them key by key)."""
 
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -653,6 +658,10 @@ def _train_partition(
     trigger: str,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     key = f"{symbol}|{timeframe}"
+    swept = swept_params(artifacts, symbol, timeframe, config.model_type) if config.use_sweep else None
+    if swept:
+        config = config.model_copy(update={"params": {**swept, **config.params}})
+        context.log.info(f"{key}: parameters of the stored hyperparameter_sweep: {swept}")
     frame = artifacts.require_partition("training_dataset", symbol, timeframe)
     plan_table = artifacts.require_partition("walk_forward_splits", symbol, timeframe)
     dataset = dataset_from_frame(frame, symbol=symbol)
