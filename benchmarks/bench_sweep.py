@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=3 * 365)
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--model-type", default="lightgbm")
-    parser.add_argument("--objective", default="oof_log_loss", choices=("oof_log_loss", "oof_sharpe"))
+    parser.add_argument(
+        "--objective", default="oof_log_loss", choices=("oof_log_loss", "oof_sharpe")
+    )
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     seconds = [t.seconds for t in result.trials]
     best = trained(
-        train_with_cv(dataset, plan, ModelConfig(model_type=args.model_type, params=result.best_params)),
+        train_with_cv(
+            dataset, plan, ModelConfig(model_type=args.model_type, params=result.best_params)
+        ),
         "best",
     )
     sign = -1 if result.direction == "minimize" else 1

@@ -144,8 +144,11 @@ def _labels_of(
             "multi_class_fractions": dg.MetadataValue.json(
                 {
                     str(k): round(v, 4)
-                    for k, v in frame["label_mc"].drop_nulls().value_counts(normalize=True)
-                    .sort("label_mc").iter_rows()
+                    for k, v in frame["label_mc"]
+                    .drop_nulls()
+                    .value_counts(normalize=True)
+                    .sort("label_mc")
+                    .iter_rows()
                 }
             ),
             "mean_sample_weight": float(frame["sample_weight"].mean() or 0.0),

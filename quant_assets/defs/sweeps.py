@@ -89,7 +89,9 @@ def hyperparameter_sweep(
     The stored record holds the best parameters, which `challenger_model` trains with."""
     outputs = {}
     for key, symbol, timeframe in step_partitions(context):
-        record = _sweep_partition(context, config, mlflow, artifacts, trading_store, key, symbol, timeframe)
+        record = _sweep_partition(
+            context, config, mlflow, artifacts, trading_store, key, symbol, timeframe
+        )
         frame = pl.DataFrame([record], schema=_SCHEMA)
         outputs[key] = PartitionOutput(
             frame,

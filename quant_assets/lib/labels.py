@@ -226,7 +226,9 @@ def outperformance_labels(
     bench_step_us = timeframe_seconds(benchmark_timeframe or timeframe) * 1_000_000
     ts = _epoch_us(timestamps, "timestamps", where)
     c = _float_array(close, "close", ts.size, where)
-    bench_close_time = _epoch_us(benchmark_timestamps, "benchmark_timestamps", where) + bench_step_us
+    bench_close_time = (
+        _epoch_us(benchmark_timestamps, "benchmark_timestamps", where) + bench_step_us
+    )
     bc = _float_array(benchmark_close, "benchmark_close", bench_close_time.size, where)
     m = max(c.size - horizon, 0)
     entry_time, exit_time = ts[:m] + step_us, ts[horizon:] + step_us
@@ -301,13 +303,17 @@ def multi_class_labels(
     if thresholds is not None and len(thresholds):
         edges = np.asarray(thresholds, dtype=np.float64)
         if not (np.isfinite(edges).all() and (np.diff(edges) > 0).all()):
-            raise LabelInputError(f"{where}: thresholds must be finite and increasing, got {thresholds}")
+            raise LabelInputError(
+                f"{where}: thresholds must be finite and increasing, got {thresholds}"
+            )
         edge_matrix = np.broadcast_to(edges, (m, edges.size))
     else:
         if isinstance(n_classes, bool) or n_classes < 2:
             raise LabelInputError(f"{where}: n_classes must be at least 2, got {n_classes!r}")
         if window < 2 * n_classes:
-            raise LabelInputError(f"{where}: window must be at least {2 * n_classes} rows, got {window}")
+            raise LabelInputError(
+                f"{where}: window must be at least {2 * n_classes} rows, got {window}"
+            )
         known = pl.Series(ret).fill_nan(None).shift(horizon)
         edge_matrix = np.column_stack(
             [

@@ -31,7 +31,9 @@ def lookback_start_row(timestamps: pl.Series, days: float | None) -> int:
     if not days or timestamps.is_empty():
         return 0
     if days < 0:
-        raise SplitConfigError(f"lookback days must be positive (0 or None: full history), got {days}")
+        raise SplitConfigError(
+            f"lookback days must be positive (0 or None: full history), got {days}"
+        )
     start = timestamps[-1] - timedelta(days=days)
     return int(timestamps.search_sorted(start, side="right"))
 
@@ -76,7 +78,9 @@ def day_walk_forward(
     bounds do not.
     """
     if test_days <= 0 or (step_days is not None and step_days <= 0):
-        raise SplitConfigError(f"test_days and step_days must be positive, got {test_days}, {step_days}")
+        raise SplitConfigError(
+            f"test_days and step_days must be positive, got {test_days}, {step_days}"
+        )
     if train_days is not None and train_days <= 0:
         raise SplitConfigError(f"train_days must be positive (None: expanding), got {train_days}")
     ts = _epoch_us(timestamps)
@@ -102,7 +106,13 @@ def day_walk_forward(
             purged = _overlaps_block(start, end, candidates, int(a), int(b))
             if (~purged).any():
                 folds.append(
-                    Fold(k, candidates[~purged], np.arange(a, b, dtype=np.int64), int(purged.sum()), 0)
+                    Fold(
+                        k,
+                        candidates[~purged],
+                        np.arange(a, b, dtype=np.int64),
+                        int(purged.sum()),
+                        0,
+                    )
                 )
         k += 1
     folds.reverse()
@@ -143,7 +153,8 @@ def day_walk_forward_plan(
         holdout_idx=hold,
         n_holdout_purged=n - hold.size - dev.size,
         folds=[
-            Fold(f.fold, dev[f.train_idx], dev[f.test_idx], f.n_purged, f.n_embargoed) for f in folds
+            Fold(f.fold, dev[f.train_idx], dev[f.test_idx], f.n_purged, f.n_embargoed)
+            for f in folds
         ],
     )
 

@@ -149,8 +149,15 @@ def multi_class_metrics(
     p = np.asarray(proba, dtype=np.float64)
     out: dict[str, float] = {}
     for k in range(p.shape[1]):
-        m = classification_metrics((y == k).astype(np.int8), np.clip(p[:, k], 0.0, 1.0), n_bins=n_bins)
-        out.update({f"{prefix}_class{k}_{name}{suffix}": m[name] for name in ("roc_auc", "brier", "ece", "log_loss", "positive_rate")})
+        m = classification_metrics(
+            (y == k).astype(np.int8), np.clip(p[:, k], 0.0, 1.0), n_bins=n_bins
+        )
+        out.update(
+            {
+                f"{prefix}_class{k}_{name}{suffix}": m[name]
+                for name in ("roc_auc", "brier", "ece", "log_loss", "positive_rate")
+            }
+        )
     picked = np.clip(p[np.arange(y.size), y], LOG_LOSS_EPS, 1.0)
     out[f"{prefix}_multiclass_log_loss{suffix}"] = float(-np.mean(np.log(picked)))
     out[f"{prefix}_multiclass_accuracy{suffix}"] = float(np.mean(p.argmax(axis=1) == y))

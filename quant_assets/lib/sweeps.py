@@ -319,7 +319,9 @@ class SweepLogger:
         metrics = {"objective": trial.value, "decision_threshold": trial.threshold}
         metrics["trial_seconds"] = trial.seconds
         if result is not None:
-            metrics |= {k: v for k, v in result.overall_metrics.items() if not k.startswith("oof_class")}
+            metrics |= {
+                k: v for k, v in result.overall_metrics.items() if not k.startswith("oof_class")
+            }
             oof = result.oof
             # a sharpe objective compared the threshold grid: each grid point is a trial; a log
             # loss objective compared configurations only: one trial at the rule's threshold

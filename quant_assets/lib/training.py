@@ -642,11 +642,13 @@ def _base_xgboost(base_model: Any) -> tuple[Any, dict[str, Any], list[str]]:
     """The booster of a fitted binary XGBoost base model (XGBClassifier, as the registry loads it, or
     its Booster), the XGBClassifier parameters it was fitted with (recorded in the booster by _fit;
     random_state included) and its feature names (f0, f1, ... for a model fitted on an array)."""
-    from xgboost import Booster, XGBClassifier
+    from xgboost import XGBClassifier
 
     if isinstance(base_model, XGBClassifier):
         if not base_model.__sklearn_is_fitted__():
-            raise ModelConfigError("continue_training needs a fitted base_model, got an unfitted XGBClassifier")
+            raise ModelConfigError(
+                "continue_training needs a fitted base_model, got an unfitted XGBClassifier"
+            )
         classes = list(base_model.classes_)
         if classes != [0, 1]:
             raise ModelConfigError(f"the base model must be a 0/1 classifier, not of {classes}")
@@ -655,7 +657,9 @@ def _base_xgboost(base_model: Any) -> tuple[Any, dict[str, Any], list[str]]:
         booster = base_model
     objective = json.loads(booster.save_config())["learner"]["learner_train_param"]["objective"]
     if objective != "binary:logistic":
-        raise ModelConfigError(f"the base booster's objective is {objective!r}, not 'binary:logistic'")
+        raise ModelConfigError(
+            f"the base booster's objective is {objective!r}, not 'binary:logistic'"
+        )
     recorded = booster.attr(XGB_PARAMS_ATTR)
     if recorded is None:
         raise ModelConfigError(
@@ -672,7 +676,11 @@ def _tree_count(model: Any) -> int:
     if hasattr(model, "booster_"):
         return model.booster_.num_trees()
     booster = model.get_booster() if hasattr(model, "get_booster") else model
-    return booster.num_boosted_rounds() if hasattr(booster, "num_boosted_rounds") else booster.num_trees()
+    return (
+        booster.num_boosted_rounds()
+        if hasattr(booster, "num_boosted_rounds")
+        else booster.num_trees()
+    )
 
 
 def _base_booster(base_model: Any) -> tuple[Any, dict[str, Any], list[str], str]:
@@ -704,7 +712,12 @@ def _base_booster(base_model: Any) -> tuple[Any, dict[str, Any], list[str], str]
             for name, sk in _NATIVE_PARAMS.items()
             if name in native or sk in native
         }
-        return base_model, DEFAULT_PARAMS["lightgbm"] | params, base_model.feature_name(), "lightgbm"
+        return (
+            base_model,
+            DEFAULT_PARAMS["lightgbm"] | params,
+            base_model.feature_name(),
+            "lightgbm",
+        )
     raise ModelConfigError(
         "continue_training needs a fitted XGBoost (XGBClassifier or Booster) or LightGBM "
         "base_model (LGBMClassifier or Booster), got "

@@ -35,7 +35,8 @@ def test_sweep_then_challenger_with_the_best_parameters(
     client = Tracker(mlflow_uri).client
     experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
     nested = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{record['parent_run_id']}'"
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{record['parent_run_id']}'",
     )
     assert len(nested) == 3
     # the study lives in the trading store's database

@@ -63,9 +63,12 @@ def test_export_materializes_what_is_missing_and_writes_the_assets_rows(
     assert code == 0 and "materializing" not in out
     assert "exported 31 rows" in out  # BTCUSDT trades every day
     csv = pl.read_csv(csv_file, try_parse_dates=True)
-    assert csv["y"].to_list() == exported.filter(
-        (pl.col("symbol") == "BTCUSDT") & (pl.col("timestamp").dt.month() == 3)
-    )["y"].to_list()
+    assert (
+        csv["y"].to_list()
+        == exported.filter((pl.col("symbol") == "BTCUSDT") & (pl.col("timestamp").dt.month() == 3))[
+            "y"
+        ].to_list()
+    )
     assert sorted(p.name for p in (user_dir / "exports").iterdir()) == [
         "btc_1d.csv",
         "btc_eth_1d.parquet",

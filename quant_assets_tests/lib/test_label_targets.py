@@ -12,8 +12,8 @@ import pytest
 
 from quant_assets.lib.datasets import build_training_dataset
 from quant_assets.lib.labels import LabelInputError, multi_class_labels, outperformance_labels
-from quant_assets.lib.sources.synthetic import SyntheticSource
 from quant_assets.lib.ohlcv import bars_for_timeframe
+from quant_assets.lib.sources.synthetic import SyntheticSource
 from quant_assets_tests.lib.test_datasets import pipeline_frames
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -34,8 +34,13 @@ def test_outperformance_by_hand_with_an_as_of_benchmark_on_another_timeframe() -
     # 4h benchmark bars: the 00:00 bar closes at 04:00, the 04:00 bar at 08:00
     bench = _series(3, T0, 4 * H, [50.0, 51.0, 49.0])
     out = outperformance_labels(
-        sym["timestamp"], sym["close"], bench["timestamp"], bench["close"],
-        timeframe="1h", benchmark_timeframe="4h", horizon=2,
+        sym["timestamp"],
+        sym["close"],
+        bench["timestamp"],
+        bench["close"],
+        timeframe="1h",
+        benchmark_timeframe="4h",
+        horizon=2,
     )
     # row 2 (opens 02:00, entry close 03:00, exit close 05:00): no benchmark bar closed by 03:00
     # row 3: entry 04:00 -> bench 50 (closed 04:00); exit 06:00 -> still 50: excess = 108/102 - 1
@@ -52,8 +57,13 @@ def test_outperformance_by_hand_with_an_as_of_benchmark_on_another_timeframe() -
     # benchmark data ending before the exit leave the row unlabelled (a bar could still arrive):
     # with the 00:00 bar only (data end 04:00) rows 3-5 (exits 06:00-08:00) are unknown
     short = outperformance_labels(
-        sym["timestamp"], sym["close"], bench["timestamp"].head(1), bench["close"].head(1),
-        timeframe="1h", benchmark_timeframe="4h", horizon=2,
+        sym["timestamp"],
+        sym["close"],
+        bench["timestamp"].head(1),
+        bench["close"].head(1),
+        timeframe="1h",
+        benchmark_timeframe="4h",
+        horizon=2,
     )
     assert short["label_out"].null_count() == 8
 
@@ -94,7 +104,9 @@ def test_multi_class_thresholds_and_causal_quantile_buckets() -> None:
 
     source = SyntheticSource(seed=5, start=T0, end=T0 + timedelta(days=120))
     bars = bars_for_timeframe(source, "ETHUSDT", "1h").frame
-    full = multi_class_labels(bars["timestamp"], bars["close"], timeframe="1h", horizon=5, window=400)
+    full = multi_class_labels(
+        bars["timestamp"], bars["close"], timeframe="1h", horizon=5, window=400
+    )
     labelled = full.drop_nulls("label_mc")
     assert full["label_mc"][:204].null_count() == 204  # 5 known + 199 more before 200 returns
     counts = labelled["label_mc"].value_counts().sort("label_mc")
@@ -117,9 +129,14 @@ def test_new_targets_are_selectable_for_a_training_dataset(target) -> None:
     from quant_assets.lib.labels import build_labels
 
     bars = bars_for_timeframe(source, "BTCUSDT", "1h").frame
-    labels = build_labels(bars, features["atr_14"], "1h", benchmark=spy.select("timestamp", "close"))
+    labels = build_labels(
+        bars, features["atr_14"], "1h", benchmark=spy.select("timestamp", "close")
+    )
     ds = build_training_dataset(features, labels, target=target)
-    column, span = {"binary_outperformance": ("label_out", "t1_out"), "multi_class": ("label_mc", "t1_mc")}[target]
+    column, span = {
+        "binary_outperformance": ("label_out", "t1_out"),
+        "multi_class": ("label_mc", "t1_mc"),
+    }[target]
     expected = labels.join(ds.frame.select("timestamp"), on="timestamp", how="semi")
     if target == "multi_class":  # y: the up side (buy, strong buy); the class is y_class
         assert ds.frame["y_class"].to_list() == expected[column].to_list()
@@ -160,7 +177,9 @@ def test_multi_class_training_calibrates_and_scores_every_class(model_type) -> N
     m = result.overall_metrics
     for k in range(5):
         for name in ("roc_auc", "brier", "ece", "log_loss"):
-            assert np.isfinite(m[f"oof_class{k}_{name}"]) and np.isfinite(m[f"oof_class{k}_{name}_calibrated"])
+            assert np.isfinite(m[f"oof_class{k}_{name}"]) and np.isfinite(
+                m[f"oof_class{k}_{name}_calibrated"]
+            )
         assert np.isfinite(result.holdout_metrics[f"holdout_class{k}_ece_calibrated"])
     # measured on this data (150 days, 3 folds): the extreme buckets are the predictable ones
     # (volatility clustering; class 0/4 AUC 0.56-0.60); per-class cross-fitted calibration keeps
@@ -175,12 +194,17 @@ def test_multi_class_training_calibrates_and_scores_every_class(model_type) -> N
     hold = ds.frame[plan.holdout_idx]
     X = hold.select(ds.feature_columns).to_numpy()
     raw = result.model.predict_proba(X)
-    np.testing.assert_allclose(result.holdout["prob_raw"].to_numpy(), raw[:, 3:].sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(
+        result.holdout["prob_raw"].to_numpy(), raw[:, 3:].sum(axis=1), atol=1e-6
+    )
     np.testing.assert_allclose(
         result.holdout["prob_cal"].to_numpy(),
         predict_proba(result.model, result.calibrator, hold, ds.feature_columns),
         atol=1e-12,
     )
-    assert m["oof_roc_auc"] == classification_metrics(result.oof["y"], result.oof["prob_raw"])["roc_auc"]
+    assert (
+        m["oof_roc_auc"]
+        == classification_metrics(result.oof["y"], result.oof["prob_raw"])["roc_auc"]
+    )
     cal = calibrated_class_proba(raw, result.class_calibrators)
     np.testing.assert_allclose(cal.sum(axis=1), 1.0)

@@ -48,7 +48,9 @@ def test_the_rolling_window_holds_exactly_the_latest_days(spy) -> None:
     assert ts[first - 1] <= ts[-1] - 180 * DAY
     assert lookback_start_row(ts, None) == lookback_start_row(ts, 0) == 0
     assert lookback_start_row(ts, 10_000) == 0
-    plan = make_splits("purged_kfold", ts.len() - first, spy["t0"].slice(first), spy["t1"].slice(first), n_splits=3)
+    plan = make_splits(
+        "purged_kfold", ts.len() - first, spy["t0"].slice(first), spy["t1"].slice(first), n_splits=3
+    )
     shifted = shifted_plan(plan, first)
     assert shifted.dev_idx.min() == first and shifted.holdout_idx.max() == ts.len() - 1
     for f, g in zip(plan.folds, shifted.folds, strict=True):
@@ -59,7 +61,9 @@ def test_the_rolling_window_holds_exactly_the_latest_days(spy) -> None:
 @pytest.mark.parametrize("train_days", [90, None])
 def test_day_walk_forward_rows_respect_the_day_bounds(spy, train_days) -> None:
     ts = spy["timestamp"]
-    folds = day_walk_forward(ts, spy["t0"], spy["t1"], train_days=train_days, test_days=30, step_days=30)
+    folds = day_walk_forward(
+        ts, spy["t0"], spy["t1"], train_days=train_days, test_days=30, step_days=30
+    )
     assert len(folds) >= 8 if train_days else len(folds) >= 11
     last_end = ts[-1] + timedelta(microseconds=1)
     for k, f in enumerate(folds):
@@ -92,5 +96,10 @@ def test_day_walk_forward_plan_holds_out_the_latest_rows(spy) -> None:
     assert max(f.test_idx.max() for f in plan.folds) <= plan.dev_idx.max()
     with pytest.raises(SplitConfigError, match="no walk-forward fold"):
         day_walk_forward_plan(
-            spy["timestamp"], spy["t0"], spy["t1"], holdout_fraction=0.2, train_days=500, test_days=30
+            spy["timestamp"],
+            spy["t0"],
+            spy["t1"],
+            holdout_fraction=0.2,
+            train_days=500,
+            test_days=30,
         )

@@ -13,8 +13,8 @@ import pytest
 
 from quant_assets.defs.models import log_training_run
 from quant_assets.lib.datasets import build_training_dataset
-from quant_assets.lib.splits import make_splits, split_plan_frame
 from quant_assets.lib.sources.synthetic import SyntheticSource
+from quant_assets.lib.splits import make_splits, split_plan_frame
 from quant_assets.lib.sweeps import (
     SWEEP_EXPERIMENT,
     TAG_PARENT,

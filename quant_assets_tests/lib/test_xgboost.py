@@ -103,7 +103,9 @@ def test_a_registry_copy_continues_like_the_fitted_model(
 ) -> None:
     base, _ = champion
     tracker = Tracker(mlflow_uri)
-    example = pd.DataFrame(ds.frame.select(base.feature_columns).head(5).to_numpy(), columns=base.feature_columns)
+    example = pd.DataFrame(
+        ds.frame.select(base.feature_columns).head(5).to_numpy(), columns=base.feature_columns
+    )
     with tracker.run("test", "xgboost", {}) as run_id:
         tracker.log_dict(run_id, {"features": base.feature_columns}, "feature_list.json")
         tracker.log_dict(run_id, base.calibrator.to_dict(), "calibrator.json")
