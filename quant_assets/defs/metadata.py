@@ -78,7 +78,9 @@ def _typed(value: Any) -> Any:
     """A metadata value typed for the UI: rounded floats, plain ints, JSON text as JSON, links."""
     if isinstance(value, dg.FloatMetadataValue) and value.value is not None:
         return rounded(value.value)
-    if isinstance(value, dg.MetadataValue):
+    if isinstance(value, dg.TextMetadataValue):
+        value = value.value  # an Output's metadata arrives normalized: read its text again
+    elif isinstance(value, dg.MetadataValue):
         return value
     if isinstance(value, bool | np.bool_):
         return bool(value)

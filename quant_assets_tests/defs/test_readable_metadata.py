@@ -28,9 +28,11 @@ def test_values_are_typed_for_the_ui() -> None:
             "reason": "plain text {stays}",
             "n": 3,
             "dsr": dg.MetadataValue.float(0.123456789),
+            "normalized": dg.MetadataValue.text('{"a": 1}'),
         },
     )
     assert out["dsr"] == 0.1235
+    assert out["normalized"].data == {"a": 1}
     assert out["ece"] == 0.6593
     assert isinstance(out["latest_signal"], dg.JsonMetadataValue)
     assert out["latest_signal"].data == {"side": "1", "prob_up": "0.61"}
