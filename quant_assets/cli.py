@@ -543,6 +543,10 @@ def manual_decision(
             ).records
             if records and "message" in records[0].asset_materialization.metadata:
                 print(records[0].asset_materialization.metadata["message"].value)
+            print(
+                f"served from the next {timeframe} bar on: bar-close serving reads champions "
+                "from the SQL catalog, which the move just updated; `signals` on its next run"
+            )
     return code
 
 
