@@ -274,7 +274,7 @@ def test_the_report_renders_and_is_posted(story) -> None:
     metadata = story.metadata("model_report", partition=None)
     assert metadata["partitions"].value == 1 and metadata["with_champion"].value == 1
     # the build's training and evaluation runs (in-process runs name no asset selection)
-    assert metadata["retrain_runs"].value >= 2
+    assert metadata["retrain_runs"].value >= 1
     assert metadata["retrain_success_rate"].value == 1.0
     assert KEY in metadata["report"].value
     page = Path(metadata["html_report"].value).read_text()
