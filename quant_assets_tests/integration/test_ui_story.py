@@ -301,7 +301,8 @@ def test_manual_promotion_and_rollback_are_runs_of_champion(story) -> None:
     }
     (story.workdir / "strict.yaml").write_text(yaml.safe_dump(strict))
     story.build(
-        "challenger_model champion_challenger_evaluation champion", story.workdir / "strict.yaml"
+        "key:challenger_model or key:champion_challenger_evaluation or key:champion",
+        story.workdir / "strict.yaml",
     )
     second = tracker.aliases(NAME)["challenger"]
     assert second != first and tracker.aliases(NAME)["champion"] == first
