@@ -237,6 +237,9 @@ def celery_cluster(root: Path, **settings: str) -> Iterator[Cluster]:
             "QUANT_ASSETS_ARTIFACTS": str(shared / "artifacts"),
             "MLFLOW_TRACKING_URI": tracking,
             "QUANT_ASSETS_TRADING_DB": trading_db,
+            # Dagster's default 60 s for a code-server call (launching a run) was exceeded on a
+            # saturated 2-core machine, failing the run before it started
+            "DAGSTER_GRPC_TIMEOUT_SECONDS": "300",
             **settings,
         }
         cluster = Cluster(root=root, env=env, dagster_yaml=postgres_dagster_yaml(instance_db))

@@ -133,14 +133,13 @@ def test_steps_run_on_two_workers_survive_a_killed_worker_and_match_the_local_ru
             cli = subprocess.Popen(
                 [str(BIN / "quant-assets"), "materialize", "--select", SELECTION,
                  "--config", str(cwd / "config.json")],
-                cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         try:
             killed = _kill_first_trainer(cluster, cli)
-            assert cli.wait(timeout=900) == 0, log.read_text()[-5000:]
+            assert cli.wait(timeout=1200) == 0, log.read_text()[-5000:]
         finally:
-            if cli.poll() is None:
-                cli.kill()
+            stop_group(cli, timeout=60)  # SIGTERM: the CLI cancels its backfill, stops its daemon
         survivor = next(n for n in cluster.workers if n != killed)
 
         with dg.DagsterInstance.from_config(str(cwd / "dagster_home")) as shared_instance:
