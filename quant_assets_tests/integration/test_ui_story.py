@@ -276,12 +276,12 @@ def test_the_report_renders_and_is_posted(story) -> None:
     # the build's training and evaluation runs (in-process runs name no asset selection)
     assert metadata["retrain_runs"].value >= 1
     assert metadata["retrain_success_rate"].value == 1.0
-    assert KEY in metadata["report"].value
+    assert f"{SYMBOL}\\|{TIMEFRAME}" in metadata["report"].value  # a markdown table cell
     page = Path(metadata["html_report"].value).read_text()
     assert page.count("data:image/png;base64,") >= 1 and "<script" not in page
     assert metadata["mlflow_run"].value.startswith(f"{MLFLOW_UI}/#/experiments/")
     posted = [p for p in story.hook if p["kind"] == "model_report"]
-    assert posted and KEY in posted[0]["details"]["markdown"]
+    assert posted and SYMBOL in posted[0]["details"]["markdown"]
     tracker = story.tracker()
     run_id = metadata["mlflow_run"].value.rsplit("/", 1)[-1]
     names = {a.path for a in tracker.client.list_artifacts(run_id)}
