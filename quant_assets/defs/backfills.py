@@ -29,6 +29,7 @@ from dagster._core.execution.backfill import (
 )
 from dagster._core.utils import make_new_backfill_id
 
+from quant_assets.defs.daemon import GRPC_TIMEOUT_SECONDS
 from quant_assets.defs.partitions import partition_key
 
 TAG_INVOCATION = "quant_assets/invocation"
@@ -51,6 +52,10 @@ telemetry:
   enabled: false
 run_queue:
   dequeue_interval_seconds: 1
+  # a code server too busy to answer StartRun within the gRPC timeout (a saturated machine) puts
+  # the run back in the queue instead of failing it
+  max_user_code_failure_retries: 5
+  user_code_failure_retry_delay: 10
 concurrency:
   runs:
     max_concurrent_runs: {run_slots}
@@ -167,7 +172,7 @@ class ExecutionDaemon:
         sink = None if self.verbose else open(self.log_path, "a")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "quant_assets.defs.daemon"],
-            env=os.environ.copy(),
+            env={"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ},
             stdout=sink,
             stderr=subprocess.STDOUT if sink else None,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI, which cancels first

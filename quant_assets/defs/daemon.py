@@ -19,6 +19,11 @@ import sys
 BACKFILL_LOOP_SECONDS = 1
 #: the daemons this process runs
 DAEMON_TYPES = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING")
+#: seconds a call to the code server (StartRun) may take: Dagster's 60 s default fails runs at
+#: launch on a machine saturated by the runs themselves (measured at load average 20 on 2 cores).
+#: Dagster reads it when its gRPC client is imported, so the CLI sets it in this process's
+#: environment (ExecutionDaemon).
+GRPC_TIMEOUT_SECONDS = "300"
 
 
 def main() -> int:
