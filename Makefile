@@ -6,7 +6,7 @@ VENV   ?= .venv
 UV      = $(VENV)/bin/uv
 PYTEST_ARGS ?=
 
-.PHONY: demo test install dev bench lint clean
+.PHONY: demo test test-demo install dev bench lint clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# the README's first command as a test: a fresh directory, the demo, its champions and signals
+test-demo: install
+	$(VENV)/bin/python -m pytest -m demo
 
 dev: install
 	$(VENV)/bin/quant-assets dev
