@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--closes", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
-    order = ("load_models", "features", "score", "write", "run_start")
+    order = ("load_models", "features", "score", "execute", "write", "run_start")
     print(f"bar-close serving, {TIMEFRAME} bars (+{HIGHER} snapshot), {args.closes} closes each")
     for backend in args.backends:
         for n in args.symbols:

@@ -25,7 +25,6 @@ import polars as pl
 import sqlalchemy as sa
 
 from quant_assets.lib.calendars import annualization_kind
-from quant_assets.lib.datasets import EXCLUDED_FEATURES
 from quant_assets.lib.execution import ExecutionRules
 from quant_assets.lib.features import (
     compute_features,
@@ -43,7 +42,29 @@ from quant_assets.lib.volatility import load_volatility_model, log_returns
 
 #: stored bars the features of a new bar are computed from (EMA seeds decay to < 1e-12 by then)
 DEFAULT_LOOKBACK = 400
-TIMING_STEPS = ("load_models", "features", "score", "write")
+TIMING_STEPS = ("load_models", "features", "score", "execute", "write")
+#: the execution agent's input across symbols (lib/execution.py, lib/serving.py)
+EXECUTION_SCHEMA = {
+    "timestamp": pl.Datetime("us", "UTC"),
+    "close": pl.Float64,
+    "atr_14": pl.Float64,
+    "prob_up": pl.Float64,
+    "sigma": pl.Float64,
+    "threshold_long": pl.Float64,
+    "threshold_short": pl.Float64,
+    "periods_per_year": pl.Float64,
+    "symbol": pl.String,
+    "timeframe": pl.String,
+    "model_name": pl.String,
+    "model_version": pl.String,
+    "mlflow_run_id": pl.String,
+    "agent_version_id": pl.Int64,
+    "vol_version_id": pl.Int64,
+    "dagster_run_id": pl.String,
+    "data_version": pl.String,
+    "horizon": pl.Int64,
+}
+EXECUTION_INPUTS = tuple(EXECUTION_SCHEMA)
 
 
 @dataclass
@@ -218,66 +239,78 @@ class BarCloseServer:
                 pl.col("timestamp").is_in(fresh["timestamp"].implode())
             )
             bars_of[symbol] = bars
-        ranks = cross_sectional_ranks(new_rows).drop("xs_n_symbols") if new_rows else pl.DataFrame()
+        inputs: dict[str, pl.DataFrame] = {}
+        if new_rows:
+            # model inputs of every symbol in one frame: features, snapshot and the new bars'
+            # cross-sectional ranks, joined once, then split by symbol
+            ranks = cross_sectional_ranks(new_rows).drop("xs_n_symbols")
+            stacked = pl.concat(
+                [f.with_columns(pl.lit(s).alias("symbol")) for s, f in new_rows.items()],
+                how="diagonal_relaxed",
+            ).join(ranks, on=["symbol", "timestamp"], how="left")
+            inputs = {k[0]: v for k, v in stacked.partition_by("symbol", as_dict=True).items()}
         report.timings["features"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-        scored_frames = []
-        for symbol, rows in new_rows.items():
+        # scoring: each champion's calibrated probability, each volatility champion's sigma
+        scored: dict[str, tuple[pl.DataFrame, np.ndarray, np.ndarray]] = {}
+        for symbol, frame in inputs.items():
             model = models[symbol]
-            bars = bars_of[symbol]
-            frame = (
-                rows.drop(EXCLUDED_FEATURES, strict=False)
-                .join(ranks.filter(pl.col("symbol") == symbol).drop("symbol"), on="timestamp")
-                .join(bars.select("timestamp", "close"), on="timestamp")
-                .join(rows.select("timestamp", "atr_14"), on="timestamp")
-                .drop_nulls(model.feature_columns)
-            )
+            frame = frame.drop_nulls(model.feature_columns)
             if frame.is_empty():
                 report.skipped[symbol] = "the new bar's features are incomplete (warm-up)"
                 continue
-            long_t = model.decision_threshold or long_threshold(1.75, 1.0)
-            vol_id, sigma = None, np.full(frame.height, np.nan)
+            sigma = np.full(frame.height, np.nan)
             if symbol in vols:
+                bars = bars_of[symbol]
                 forecast = vols[symbol].horizon_sigma(log_returns(bars["close"].to_numpy()))
                 # the forecasts at the scored bars (timestamps are sorted and unique)
                 at = np.searchsorted(bars["timestamp"].to_numpy(), frame["timestamp"].to_numpy())
                 sigma = forecast[at]
-                vol_id = champions[volatility[symbol]][1]
-            scored_frames.append(
-                frame.select("timestamp", "close", "atr_14").with_columns(
-                    pl.Series("prob_up", model.predict_proba(frame)),
-                    pl.Series("sigma", sigma, dtype=pl.Float64),
-                    pl.lit(long_t).alias("threshold_long"),
-                    pl.lit(
-                        resolve_short_threshold(None, model.decision_threshold_short, long_t),
-                        pl.Float64,
-                    ).alias("threshold_short"),
-                    pl.lit(self._periods_per_year(symbol, timeframe, bars)).alias(
-                        "periods_per_year"
-                    ),
-                    pl.lit(symbol).alias("symbol"),
-                    pl.lit(timeframe).alias("timeframe"),
-                    pl.lit(model.name).alias("model_name"),
-                    pl.lit(model.version).alias("model_version"),
-                    pl.lit(model.run_id).alias("mlflow_run_id"),
-                    pl.lit(champions[direction[symbol]][1]).alias("agent_version_id"),
-                    pl.lit(vol_id, pl.Int64).alias("vol_version_id"),
-                    pl.lit(dagster_run_id).alias("dagster_run_id"),
-                    # the stored bar scored (a rewritten bar gets a new data version)
-                    pl.lit(frame_fingerprint(bars.tail(frame.height))).alias("data_version"),
-                    pl.lit(self.horizon).alias("horizon"),
-                )
-            )
+            scored[symbol] = (frame, model.predict_proba(frame), sigma)
+        report.timings["score"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+        # execution: one pass of the execution agent over every symbol's new bars
+        columns: dict[str, list] = {name: [] for name in EXECUTION_INPUTS}
+        for symbol, (frame, prob, sigma) in scored.items():
+            model, bars, n = models[symbol], bars_of[symbol], frame.height
+            long_t = model.decision_threshold or long_threshold(1.75, 1.0)
+            at = np.searchsorted(bars["timestamp"].to_numpy(), frame["timestamp"].to_numpy())
+            values = {
+                "threshold_long": long_t,
+                "threshold_short": resolve_short_threshold(
+                    None, model.decision_threshold_short, long_t
+                ),
+                "periods_per_year": self._periods_per_year(symbol, timeframe, bars),
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "model_name": model.name,
+                "model_version": model.version,
+                "mlflow_run_id": model.run_id,
+                "agent_version_id": champions[direction[symbol]][1],
+                "vol_version_id": champions[volatility[symbol]][1] if symbol in vols else None,
+                "dagster_run_id": dagster_run_id,
+                # the stored bars scored (a rewritten bar gets a new data version)
+                "data_version": frame_fingerprint(bars[at]),
+                "horizon": self.horizon,
+            }
+            columns["timestamp"].extend(frame["timestamp"].to_list())
+            columns["close"].extend(bars["close"].to_numpy()[at].tolist())
+            columns["atr_14"].extend(frame["atr_14"].to_list())
+            columns["prob_up"].extend(prob.tolist())
+            columns["sigma"].extend(sigma.tolist())
+            for name, value in values.items():
+                columns[name].extend([value] * n)
             report.served.append(symbol)
         preds = signals = None
-        if scored_frames:
-            # one execution pass over every symbol's new bars (per-row thresholds)
+        if scored:
+            frame = pl.DataFrame(columns, schema_overrides=EXECUTION_SCHEMA, strict=False)
             rules = ExecutionRules(
                 threshold_long=0.5, horizon=self.horizon, target_vol=self.target_vol
             )
-            preds, signals = agent_rows(pl.concat(scored_frames, how="diagonal_relaxed"), rules)
-        report.timings["score"] = time.perf_counter() - clock
+            preds, signals = agent_rows(frame, rules)
+        report.timings["execute"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if signals is not None:
             self.store.write_predictions(preds)
