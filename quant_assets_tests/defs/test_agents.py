@@ -20,10 +20,13 @@ from quant_assets_tests.defs.inprocess import execute_plan, plan_runs
 pytestmark = pytest.mark.slow
 
 
-def _run(selection: str, instance, config=None) -> None:
+def _run(selection: str, instance, config=None, timeframes=("4h",)) -> None:
     defs = build_defs(load_settings())
     outcomes = execute_plan(
-        defs, plan_runs(defs, selection, ["BTCUSDT"], ["4h", "1d"]), instance, asset_config=config
+        defs,
+        plan_runs(defs, selection, ["BTCUSDT"], list(timeframes)),
+        instance,
+        asset_config=config,
     )
     assert all(o.status == "success" for o in outcomes), [
         (o.planned.label, o.error) for o in outcomes
@@ -35,6 +38,7 @@ def test_signals_from_the_execution_agent_are_traceable(
 ) -> None:
     monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_START", "2025-03-01")
     register(instance, "BTCUSDT")
+    _run("ohlcv", instance, timeframes=("1d",))  # the 4h features' snapshot reads it
     _run("*champion", instance, {**FAST, **LENIENT_GATES})
     _run("volatility_model", instance)
     tracker = Tracker(mlflow_uri)
