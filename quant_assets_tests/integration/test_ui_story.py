@@ -289,8 +289,7 @@ def test_the_report_renders_and_is_posted(story) -> None:
 
 
 def test_manual_promotion_and_rollback_are_runs_of_champion(story) -> None:
-    tracker, store = story.tracker(), story.store()
-    first = tracker.aliases(NAME)["champion"]
+    first = story.tracker().aliases(NAME)["champion"]
     # a second challenger (another seed) that strict gates reject: the champion stays
     strict = {
         "challenger_model": {**FAST["challenger_model"], "seed": 43},
@@ -300,12 +299,40 @@ def test_manual_promotion_and_rollback_are_runs_of_champion(story) -> None:
         },
     }
     (story.workdir / "strict.yaml").write_text(yaml.safe_dump(strict))
+    # one execution daemon for both CLI invocations (each would start its own), started now so it
+    # is up when the retrain is done
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "quant_assets.defs.daemon"],
+        cwd=story.workdir,
+        env=story.env,
+        stdout=open(story.workdir / "daemon.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _promote_and_roll_back(story, first)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def _promote_and_roll_back(story: Story, first: str) -> None:
+    from quant_assets.defs.backfills import backfill_daemon_alive
+
+    tracker, store = story.tracker(), story.store()
     story.build(
         "key:challenger_model or key:champion_challenger_evaluation or key:champion",
         story.workdir / "strict.yaml",
     )
     second = tracker.aliases(NAME)["challenger"]
     assert second != first and tracker.aliases(NAME)["champion"] == first
+    deadline = time.monotonic() + 120
+    with story.instance() as instance:
+        while not backfill_daemon_alive(instance) and time.monotonic() < deadline:
+            time.sleep(1)
     assert tracker.version_tags(NAME, second)["decision"] == "reject"
 
     promoted = story.cli("promote", SYMBOL, TIMEFRAME, "--reason", "desk override")
