@@ -159,7 +159,7 @@ def test_steps_run_on_two_workers_survive_a_killed_worker_and_match_the_local_ru
 
         # the same decisions as the local deployment (a partition or more promoted), and no
         # duplicate: one registry version per model, aliases as in the local registry, one
-        # promotion_log row per promotion
+        # promotion_log row per decision (promote or reject)
         shared = Path(env["QUANT_ASSETS_ARTIFACTS"])
         decisions = {
             symbol: [
@@ -186,8 +186,9 @@ def test_steps_run_on_two_workers_survive_a_killed_worker_and_match_the_local_ru
         finally:
             engine.dispose()
         assert Counter((p.symbol, p.timeframe) for p in promotions) == {
-            (symbol, "1d"): 1 for symbol in promoted
+            (symbol, "1d"): 1 for symbol in SYMBOLS
         }, promotions
+        assert {p.symbol for p in promotions if p.action == "promote"} == promoted, promotions
 
         # same data and models as the local deployment
         for symbol in SYMBOLS:
