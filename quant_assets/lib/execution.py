@@ -5,8 +5,9 @@ to `agent_signals` (side, size, stop-loss, take-profit, meta). Every rule is her
    prob_up <= threshold_short (both chosen on out-of-fold predictions, lib/signals.py), else flat.
 2. **Ensemble.** On bars the ensemble covers while it is served (it beat the champion's gates),
    its side replaces the direction side and its size becomes the strength.
-3. **Regime gate.** A bar whose regime gate is off (choppy market, lib/regimes.py) is flat,
-   whatever 1-2 said (`use_regime_gate`; bars without a regime are not gated).
+3. **Regime gate.** A direction-model signal on a bar whose regime gate is off (choppy market,
+   lib/regimes.py) is flat (`use_regime_gate`; bars without a regime are not gated). The
+   ensemble's side is not gated: its meta-learners already decide per regime.
 4. **Volatility.** The per-bar sigma is the volatility agent's forecast of the h-bar log-return
    standard deviation / sqrt(h) when there is one, else the evaluation's ATR proxy
    ATR / close / sqrt(8 / pi) (`sigma_source` in meta says which).
@@ -128,7 +129,9 @@ def execution_decisions(bars: pl.DataFrame, rules: ExecutionRules) -> pl.DataFra
     )
     from_ensemble = pl.col("_ens_side").is_not_null()
     gated = (
-        pl.col("gate").is_not_null() & ~pl.col("gate") if rules.use_regime_gate else pl.lit(False)
+        pl.col("gate").is_not_null() & ~pl.col("gate") & ~from_ensemble
+        if rules.use_regime_gate
+        else pl.lit(False)
     )
     side = (
         pl.when(gated)

@@ -105,7 +105,9 @@ def test_meta_layer_end_to_end_with_fallbacks(instance, meta_project) -> None:
     _run(instance, settings, "signals", timeframes=("4h",))
     served = TradingStore(sql_url_for("", settings.artifacts_path)).read_signals("BTCUSDT", "4h")
     latest = served.join(serving.select("timestamp", "side", "size"), on="timestamp", suffix="_ens")
-    assert latest.height > 0 and set(latest["model_name"]) == {"ensemble.BTCUSDT.4h"}
+    # rows name the registered champion whose prob_up they carry; meta says the ensemble decided
+    assert latest.height > 0 and set(latest["model_name"]) == {"direction.BTCUSDT.4h"}
+    assert {json.loads(m)["source"] for m in latest["meta"]} <= {"ensemble", "flat"}
     assert latest["side"].to_list() == latest["side_ens"].cast(pl.Int64).to_list()
     assert (latest["strength"] - latest["size_ens"].clip(0.0, 1.0)).abs().max() < 1e-12
     # the size served is the volatility-target fraction of capital, on every bar with a side

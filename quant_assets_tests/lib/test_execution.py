@@ -65,19 +65,20 @@ def test_volatility_forecast_sets_size_and_levels() -> None:
 
 def test_ensemble_and_regime_gate() -> None:
     bars = _bars(
-        prob_up=[0.7, 0.7, 0.45, 0.7],
-        ensemble_side=[None, -1, 1, 1],
-        ensemble_size=[None, 0.4, 0.8, 0.9],
-        gate=[True, True, True, False],
-        regime=["bull", "bear", "range", "range"],
+        prob_up=[0.7, 0.7, 0.45, 0.7, 0.7],
+        ensemble_side=[None, -1, 1, None, 1],
+        ensemble_size=[None, 0.4, 0.8, None, 0.9],
+        gate=[True, True, True, False, False],
+        regime=["bull", "bear", "range", "range", "range"],
     )
     out = execution_decisions(bars, RULES)
-    assert out["side"].to_list() == [1, -1, 1, 0]  # ensemble overrides, gate off is flat
+    # the ensemble overrides; gate off flattens the direction model's side, not the ensemble's
+    assert out["side"].to_list() == [1, -1, 1, 0, 1]
     assert out["strength"].to_list()[1:3] == pytest.approx([0.4, 0.8])
     metas = [json.loads(m) for m in out["meta"]]
-    assert [m["source"] for m in metas] == ["direction", "ensemble", "ensemble", "flat"]
-    assert metas[3]["gated"] and metas[3]["regime"] == "range"
+    assert [m["source"] for m in metas] == ["direction", "ensemble", "ensemble", "flat", "ensemble"]
+    assert metas[3]["gated"] and metas[3]["regime"] == "range" and not metas[4]["gated"]
     ungated = execution_decisions(bars, ExecutionRules(0.6, 0.3, use_regime_gate=False))
     assert ungated["side"][3] == 1
     full = execution_decisions(bars, ExecutionRules(0.6, 0.3, target_vol=None))
-    assert full["size"].to_list() == [1.0, 1.0, 1.0, 0.0]
+    assert full["size"].to_list() == [1.0, 1.0, 1.0, 0.0, 1.0]
