@@ -468,7 +468,7 @@ def test_the_dagster_ui_renders_in_a_real_browser(story) -> None:
             "champion_partition",
         )
         # the promotion and the rollback were asset backfills of the CLI
-        _page(driver, f"{base}/overview/backfills", ["champion", "Completed"], "backfills")
+        _page(driver, f"{base}/overview/backfills", ["champion", "Success"], "backfills")
         story.seconds["browser pages"] = round(time.perf_counter() - started, 1)
     finally:
         driver.quit()
