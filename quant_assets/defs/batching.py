@@ -63,12 +63,20 @@ def emit(
 
 def batch_table(outputs: Mapping[str, PartitionOutput]) -> dg.MetadataValue:
     rows = [
-        {"partition": key, **{k: str(out.metadata[k]) for k in SUMMARY_KEYS if k in out.metadata}}
+        {
+            "partition": key,
+            **{k: str(_plain(out.metadata[k])) for k in SUMMARY_KEYS if k in out.metadata},
+        }
         for key, out in outputs.items()
     ]
     import polars as pl
 
     return table(pl.DataFrame(rows), max_rows=len(rows))
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value's content (an Output's metadata arrives as MetadataValue objects)."""
+    return value.value if isinstance(value, dg.MetadataValue) else value
 
 
 def _check_evaluations(
