@@ -389,7 +389,10 @@ def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
             settings, EXPORT_SELECTION, missing, [timeframe, *coarser], command="dataset export"
         )
         if code != 0:
-            print(f"error: materializing {', '.join(missing)} failed; nothing exported", file=sys.stderr)
+            print(
+                f"error: materializing {', '.join(missing)} failed; nothing exported",
+                file=sys.stderr,
+            )
             return code
     frame = export_frame({s: pl.read_parquet(path) for s, path in paths.items()}, start, end)
     if frame.is_empty():

@@ -26,8 +26,8 @@ from quant_assets.defs.models import (
 from quant_assets.defs.ohlcv import ohlcv
 from quant_assets.defs.report import daily_report, model_report, weekly_report
 from quant_assets.defs.resources import resources_from_settings
-from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.serving import build_serving_automation
+from quant_assets.defs.signals import champion, signals
 from quant_assets.defs.sweeps import hyperparameter_sweep
 from quant_assets.defs.symbols import build_watchlist_sensor
 from quant_assets.defs.volatility import volatility_model

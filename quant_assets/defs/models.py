@@ -21,7 +21,6 @@ from quant_assets.defs.partitions import (
     symbol_timeframe_partitions,
     timeframe_partitions,
 )
-from quant_assets.defs.sweeps import swept_params
 from quant_assets.defs.resources import (
     ArtifactStore,
     MarketDataResource,
@@ -29,6 +28,7 @@ from quant_assets.defs.resources import (
     RetrainRulesResource,
     TradingStoreResource,
 )
+from quant_assets.defs.sweeps import swept_params
 from quant_assets.lib.calibration import calibration_plot_png
 from quant_assets.lib.datasets import (
     TrainingDataset,
@@ -660,7 +660,9 @@ def _train_partition(
     trigger: str,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     key = f"{symbol}|{timeframe}"
-    swept = swept_params(artifacts, symbol, timeframe, config.model_type) if config.use_sweep else None
+    swept = (
+        swept_params(artifacts, symbol, timeframe, config.model_type) if config.use_sweep else None
+    )
     if swept:
         config = config.model_copy(update={"params": {**swept, **config.params}})
         context.log.info(f"{key}: parameters of the stored hyperparameter_sweep: {swept}")

@@ -18,9 +18,9 @@ from quant_assets.defs.partitions import (
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.datasets import EXCLUDED_FEATURES
+from quant_assets.lib.execution import ExecutionRules, decision_counts
 from quant_assets.lib.performance import annualization
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.execution import ExecutionRules, decision_counts
 from quant_assets.lib.serving import ServedVersions, agent_rows
 from quant_assets.lib.signals import resolve_long_threshold, resolve_short_threshold
 from quant_assets.lib.storage import frame_fingerprint
