@@ -20,6 +20,32 @@ from quant_assets.lib.reporting import markdown_table
 HOURLY = "0 * * * *"
 
 
+def partition_statuses(
+    instance: dg.DagsterInstance,
+    tracker,
+    store,
+    artifacts: ArtifactStore,
+    retrain_rules: RetrainRulesResource,
+    now: datetime,
+) -> list:
+    """`lib.health.partition_status` of every registered symbol × configured timeframe at `now`
+    (read by `model_health` and `model_report`)."""
+    policy = retrain_rules.policy()
+    return [
+        partition_status(
+            tracker,
+            store,
+            artifacts.read_partition("labels", symbol, timeframe),
+            symbol,
+            timeframe,
+            now,
+            policy,
+        )
+        for symbol in sorted(instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
+        for timeframe in retrain_rules.timeframes
+    ]
+
+
 @dg.asset(
     group_name="monitoring",
     kinds={"mlflow", "sql"},
@@ -43,20 +69,7 @@ def model_health(
     reasons the rules give now and the mode they imply, and the last promotion decision."""
     now = datetime.now(UTC)
     tracker, store = mlflow.get_tracker(), trading_store.get_store()
-    policy = retrain_rules.policy()
-    statuses = [
-        partition_status(
-            tracker,
-            store,
-            artifacts.read_partition("labels", symbol, timeframe),
-            symbol,
-            timeframe,
-            now,
-            policy,
-        )
-        for symbol in sorted(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
-        for timeframe in retrain_rules.timeframes
-    ]
+    statuses = partition_statuses(context.instance, tracker, store, artifacts, retrain_rules, now)
     table = health_table(statuses, store.promotion_history(), now)
     flagged = table.filter(pl.col("retrain") != "no")
     return dg.Output(

@@ -10,7 +10,6 @@ import dagster as dg
 import polars as pl
 
 from quant_assets.defs.metadata import readable_metadata
-from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME
 from quant_assets.defs.resources import (
     AlertResource,
     ArtifactStore,
@@ -88,26 +87,14 @@ def model_report(
     decisions and alerts of the period; the retrain runs' success rate and durations. Markdown and
     a self-contained HTML file (inline plots) under `<artifacts>/reports/`, attached here and to an
     MLflow run (experiment `model_report`), and posted to the alert webhook when configured."""
-    from quant_assets.lib.health import health_table, partition_status
+    from quant_assets.defs.health import partition_statuses
+    from quant_assets.lib.health import health_table
     from quant_assets.lib.reports import build_report
 
     until = datetime.now(UTC)
     since = until - PERIODS[config.period]
     tracker, store = mlflow.get_tracker(), trading_store.get_store()
-    policy = retrain_rules.policy()
-    statuses = [
-        partition_status(
-            tracker,
-            store,
-            artifacts.read_partition("labels", symbol, timeframe),
-            symbol,
-            timeframe,
-            until,
-            policy,
-        )
-        for symbol in sorted(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
-        for timeframe in retrain_rules.timeframes
-    ]
+    statuses = partition_statuses(context.instance, tracker, store, artifacts, retrain_rules, until)
     promotions = store.promotion_history()
     health = health_table(statuses, promotions, until)
     runs = retrain_runs(context.instance, since)

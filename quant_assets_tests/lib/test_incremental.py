@@ -3,15 +3,14 @@ labelled after it was trained (never the hold-out, never older rows), determinis
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 import pytest
 from lightgbm import Booster, LGBMClassifier, LGBMRegressor
 
-from quant_assets.lib.datasets import TrainingDataset, build_training_dataset
-from quant_assets.lib.sources.synthetic import SyntheticSource
+from quant_assets.lib.datasets import TrainingDataset
 from quant_assets.lib.splits import SplitPlan, make_splits
 from quant_assets.lib.training import (
     ModelConfig,
@@ -24,18 +23,10 @@ from quant_assets.lib.training import (
     predict_proba,
     train_with_cv,
 )
-from quant_assets_tests.lib.test_datasets import pipeline_frames
 
 START = datetime(2022, 1, 1, tzinfo=UTC)
 BASE_ROWS = 2400
 EXTRA = 20
-
-
-@pytest.fixture(scope="module")
-def ds() -> TrainingDataset:
-    """BTCUSDT 1h, ~150 days of the synthetic source (about 3,300 usable rows)."""
-    source = SyntheticSource(seed=7, start=START, end=START + timedelta(days=150))
-    return build_training_dataset(*pipeline_frames(source, "BTCUSDT", higher=("4h",)))
 
 
 def _plan(ds: TrainingDataset) -> SplitPlan:

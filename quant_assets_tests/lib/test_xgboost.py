@@ -5,16 +5,14 @@ model-type parametrized tests of test_training.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from quant_assets.lib.datasets import TrainingDataset, build_training_dataset
-from quant_assets.lib.sources.synthetic import SyntheticSource
-from quant_assets.lib.splits import SplitPlan, make_splits
+from quant_assets.lib.datasets import TrainingDataset
 from quant_assets.lib.tracking import Tracker
 from quant_assets.lib.training import (
     XGB_PARAMS_ATTR,
@@ -24,22 +22,9 @@ from quant_assets.lib.training import (
     continue_training,
     train_with_cv,
 )
-from quant_assets_tests.lib.test_datasets import pipeline_frames
-from quant_assets_tests.lib.test_incremental import _perturbed
 
-START = datetime(2022, 1, 1, tzinfo=UTC)
-BASE_ROWS = 2400
-EXTRA = 20
-
-
-@pytest.fixture(scope="module")
-def ds() -> TrainingDataset:
-    source = SyntheticSource(seed=7, start=START, end=START + timedelta(days=150))
-    return build_training_dataset(*pipeline_frames(source, "BTCUSDT", higher=("4h",)))
-
-
-def _plan(ds: TrainingDataset) -> SplitPlan:
-    return make_splits("purged_kfold", ds.frame.height, ds.frame["t0"], ds.frame["t1"], n_splits=3)
+# `ds` (lib/conftest.py) and the split plan are the LightGBM incremental tests'
+from quant_assets_tests.lib.test_incremental import BASE_ROWS, EXTRA, _perturbed, _plan
 
 
 @pytest.fixture(scope="module")
