@@ -6,10 +6,10 @@ Each partition-trial runs what the pipeline runs for one symbol x timeframe, as 
 synthetic bars (2023-01-01 .. the demo's pinned end, 2026-06-30), features with the coarser
 timeframes' snapshot, triple-barrier labels, the training dataset, purged 5-fold splits with the
 latest 20 % held out, LightGBM with cross-validation and calibration on out-of-fold predictions,
-the decision threshold searched on out-of-fold predictions, then the evaluation: every trial
-(threshold grid point) backtested on the out-of-fold window, per-fold metrics, DSR, PBO, the
-volatility-targeted hold-out backtest, MinTRL, and `evaluate_gates` with the default GateConfig
-(no champion).
+the long and short decision thresholds chosen on out-of-fold predictions, then the evaluation:
+every trial (threshold grid point) backtested on the out-of-fold window, per-fold metrics, DSR, PBO,
+the volatility-targeted hold-out backtest, MinTRL, and `evaluate_gates` with the default GateConfig
+(no champion). Every backtest trades both sides as the pipeline serves them (`TradeRules`).
 
 Null partition-trials are random walks (`random_walk=True`: no planted edge, no regime drift):
 crypto-like 4h and 1d bars, and equity-like (15-40 % annual volatility, session calendar) 1h and 1d
@@ -134,6 +134,7 @@ def gated_decision(
         result.oof.select("timestamp", "fold", pl.col("prob_cal").alias("prob")),
         record["eligible_thresholds"],
         threshold,
+        record["chosen_threshold_short"],
     )
     evidence = selection_evidence(trials, [], bars, atr, timeframe, ppy, rules)
     priced = result.holdout.select("timestamp").join(
@@ -151,6 +152,7 @@ def gated_decision(
         rules,
         evidence.n_trials,
         evidence.trials_variance,
+        threshold_short=rules.short_threshold(trials.short, threshold),
     )
     config = GateConfig()
     stats = selection_stats(evidence, backtest, ppy, config)
@@ -168,6 +170,7 @@ def gated_decision(
         "max_dd": metrics["max_drawdown"],
         "sortino": metrics["sortino"],
         "trades": metrics["trade_count"],
+        "short_trades": metrics["short_trades"],
     }
 
 

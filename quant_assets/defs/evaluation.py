@@ -30,7 +30,7 @@ from quant_assets.lib.performance import annualization
 from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_evidence_png
 from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
-from quant_assets.lib.signals import resolve_long_threshold, resolve_short_threshold
+from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.sources import source_mismatch
 from quant_assets.lib.splits import split_plan_from_frame
 from quant_assets.lib.tracking import ALIAS_CHAMPION, LoadedModel
@@ -95,7 +95,8 @@ class EvaluationConfig(dg.Config):
     model's own short threshold (tag `decision_threshold_short`, chosen on its out-of-fold
     predictions), else no shorts."""
     shorts: bool = True
-    """Backtest (and gate) short signals as well as long ones."""
+    """Backtest (and gate) short signals as well as long ones, on the hold-out and in every
+    out-of-fold trial (each configuration's own short threshold)."""
     edge: float = 0.05
     tp_mult: float = 1.75
     sl_mult: float = 1.0
@@ -115,10 +116,9 @@ class EvaluationConfig(dg.Config):
         )
 
     def short_threshold(self, model: LoadedModel) -> float | None:
-        if not self.shorts:
-            return None
-        return resolve_short_threshold(
-            self.threshold_short, model.decision_threshold_short, self.long_threshold(model)
+        """The short side's threshold: the rule every out-of-fold trial uses too (TradeRules)."""
+        return self.trade_rules().short_threshold(
+            model.decision_threshold_short, self.long_threshold(model)
         )
 
     def gate_config(self) -> GateConfig:
@@ -127,7 +127,8 @@ class EvaluationConfig(dg.Config):
         return GateConfig(**{k: v for k, v in self.model_dump().items() if k in names})
 
     def trade_rules(self) -> TradeRules:
-        """The trading rules of every backtest of the evaluation (hold-out and out-of-fold)."""
+        """The trading rules of every backtest of the evaluation (hold-out and out-of-fold),
+        the short side's (`shorts`, `threshold_short`) included."""
         names = {f.name for f in dataclasses.fields(TradeRules)}
         return TradeRules(**{k: v for k, v in self.model_dump().items() if k in names})
 
@@ -453,6 +454,7 @@ def _evaluate_partition(
                 "oof_dsr",
                 "expected_max_sharpe",
                 "oof_sharpe",
+                "oof_short_trades",
                 "pbo",
                 "profitable_fold_share",
                 "min_trl_periods",

@@ -1,6 +1,7 @@
 """The meta layer [symbol × timeframe]: `regime`, `primary_signals`, per-regime `meta_learner`s, the
 meta-labelling `meta_filter`, and `ensemble_signals`, which degrades to voting when a meta-learner
-is missing, miscalibrated or broken, and is served only when it beats the champion's gates."""
+is missing, miscalibrated or broken, and is served only when it passes the champion's gates and
+a deflated Sharpe ratio that pays for every variant compared."""
 
 import json
 import tempfile
@@ -50,6 +51,7 @@ from quant_assets.lib.regimes import RegimeConfig, regime_summary, regimes
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, Tracker, git_commit, registered_model_name
+from quant_assets.lib.trials import compared_selection
 
 GROUP = "meta"
 
@@ -471,6 +473,13 @@ class EnsembleAssetConfig(dg.Config):
     min_profit_factor: float = 1.15
     max_drawdown: float = 0.06
     min_trades: int = 20
+    min_dsr: float = 0.95
+    """Deflated Sharpe ratio of the served mode's hold-out backtest against the expected best
+    Sharpe of every variant compared for the decision (N variants, V their Sharpe variance)."""
+    min_trl_confidence: float = 0.95
+    """The hold-out must be at least the minimum track record length (MinTRL) at this confidence..."""
+    min_trl_benchmark_sharpe: float = 0.0
+    """...that the true annualized Sharpe exceeds this benchmark."""
 
 
 def _load_meta_models(
@@ -564,7 +573,8 @@ def ensemble_signals(
     the primary signals, with an alert naming the regime and the reason. On the meta-learners'
     hold-out, primary-only, voting and the meta ensembles (filter and weighted) are backtested side
     by side (MLflow and the metadata). The ensemble is served to `signals` only when it passes the
-    promotion gates against the champion direction model on that hold-out."""
+    promotion gates against the champion direction model on that hold-out, its deflated Sharpe
+    ratio (N = the variants compared, V their Sharpe variance) and MinTRL among them."""
     symbol, timeframe = symbol_and_timeframe(context)
     if meta_learner["holdout_start"][0] is None:  # meta-learners skipped (degenerate data)
         reason = f"no meta-learners: {meta_learner['reason'][0]}"
@@ -633,6 +643,20 @@ def ensemble_signals(
         max_drawdown=config.max_drawdown,
         max_ece=config.max_ece,
         min_trades=config.min_trades,
+        min_dsr=config.min_dsr,
+        min_trl_confidence=config.min_trl_confidence,
+        min_trl_benchmark_sharpe=config.min_trl_benchmark_sharpe,
+    )
+    # serving the ensemble is a choice among every variant backtested here, the champion
+    # included: its DSR deflates by N = those variants (the champion counts as one: its own
+    # threshold and configuration trials were paid for by its own DSR gate, and the ensemble's
+    # meta-learners never searched them) and V = the variance of their per-bar Sharpe ratios
+    ppy = settings.periods_per_year(timeframe)
+    selection = compared_selection(
+        {name: frame["net_ret"].to_numpy() for name, frame in comparison.per_bar.items()},
+        f"meta_{config.mode}",
+        ppy,
+        gates,
     )
     # the ensemble's calibration is that of the meta-learners it uses (voting has no probability)
     used = [m.ece for r, m in models.items() if m is not None and r not in reasons]
@@ -640,7 +664,14 @@ def ensemble_signals(
     # not applicable, with that reason, rather than passing on a vacuous ECE of 0
     ece, not_applicable = ensemble_calibration(used)
     chosen = {**metrics[f"meta_{config.mode}"], "ece": ece}
-    decision = evaluate_gates(chosen, metrics.get("champion"), gates, not_applicable=not_applicable)
+    decision = evaluate_gates(
+        chosen,
+        metrics.get("champion"),
+        gates,
+        selection=selection.stats(),
+        not_applicable=not_applicable,
+    )
+    selection_metrics = selection.as_metrics(ppy)
     workdir = Path(tempfile.mkdtemp(prefix="qa_ensemble_"))
     png = equity_curve_png(
         {k: v.select("timestamp", "equity") for k, v in comparison.per_bar.items()},
@@ -652,7 +683,17 @@ def ensemble_signals(
         f"{symbol}|{timeframe}",
         _tags(context, mode=config.mode, serving=str(decision.promote).lower()),
     ) as run_id:
-        tracker.log_params(run_id, {f"ensemble.{k}": v for k, v in config.model_dump().items()})
+        tracker.log_params(
+            run_id,
+            {f"ensemble.{k}": v for k, v in config.model_dump().items()}
+            | {
+                "ensemble.n_trials": selection.n_trials,
+                "ensemble.trials": ", ".join(selection.sharpes),
+                "ensemble.trials_sharpe_variance": selection.trials_variance,
+                "ensemble.periods_per_year": ppy,
+            },
+        )
+        tracker.log_metrics(run_id, {f"selection_{k}": v for k, v in selection_metrics.items()})
         _log_variant_metrics(tracker, run_id, comparison.summary)
         tracker.log_frame(run_id, comparison.summary, "ensemble_comparison.csv")
         tracker.log_frame(run_id, pl.DataFrame(decision.as_rows()), "gates.csv")
@@ -685,6 +726,14 @@ def ensemble_signals(
             "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
             "holdout_start": str(holdout_start),
             "compared_with": champion,
+            "n_trials": dg.MetadataValue.int(selection.n_trials),
+            "trials": f"{selection.n_trials} variants compared: {', '.join(selection.sharpes)}",
+            # the served mode's DSR against the variants, its Sharpe, hold-out periods and MinTRL
+            **{
+                k: dg.MetadataValue.float(float(v))
+                for k, v in selection_metrics.items()
+                if k != "n_trials"
+            },
         },
     )
 

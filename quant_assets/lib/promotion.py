@@ -152,8 +152,9 @@ class SelectionStats:
     dsr: deflated Sharpe ratio of the selected trial's out-of-fold returns, with n_trials (N) and
     trials_variance (V, per-period Sharpe ratios). track_record / min_track_record: hold-out
     periods and the MinTRL of the hold-out returns (periods; inf when its Sharpe is not above the
-    benchmark). profitable_fold_share of n_folds. pbo: CSCV probability of backtest overfitting,
-    None when not computed, `pbo_reason` saying why.
+    benchmark). profitable_fold_share of n_folds, None when there are no folds (a comparison on
+    one window), `folds_reason` saying why. pbo: CSCV probability of backtest overfitting, None
+    when not computed, `pbo_reason` saying why. A None makes its gate not applicable; a NaN fails.
     """
 
     dsr: float
@@ -161,18 +162,21 @@ class SelectionStats:
     trials_variance: float
     track_record: float
     min_track_record: float
-    profitable_fold_share: float
+    profitable_fold_share: float | None
     n_folds: int
     pbo: float | None
     pbo_reason: str = ""
+    folds_reason: str = ""
+
+
+def _not_applicable(name: str, op: str, threshold: float, reason: str) -> Gate:
+    """A gate whose evidence does not exist for this decision, with the reason; it does not block."""
+    return Gate(name, math.nan, threshold, op, True, reason, applicable=False)
 
 
 def _selection_gates(stats: SelectionStats, config: GateConfig) -> list[Gate]:
     dsr = _compare("dsr", stats.dsr, ">=", config.min_dsr)
     trl = _compare("min_trl", stats.track_record, ">=", stats.min_track_record)
-    folds = _compare(
-        "profitable_folds", stats.profitable_fold_share, ">=", config.min_profitable_folds
-    )
     gates = [
         dataclasses.replace(
             dsr,
@@ -184,16 +188,22 @@ def _selection_gates(stats: SelectionStats, config: GateConfig) -> list[Gate]:
             detail=f"hold-out {stats.track_record:.0f} periods >= MinTRL "
             f"{stats.min_track_record:.4g} (confidence {config.min_trl_confidence:.4g})",
         ),
-        dataclasses.replace(
-            folds,
-            detail=f"{stats.profitable_fold_share:.4g} of {stats.n_folds} folds profitable >= "
-            f"{config.min_profitable_folds:.4g}",
-        ),
     ]
-    if stats.pbo is None:
+    share = stats.profitable_fold_share
+    if share is None:
         gates.append(
-            Gate("pbo", math.nan, config.max_pbo, "<=", True, stats.pbo_reason, applicable=False)
+            _not_applicable(
+                "profitable_folds", ">=", config.min_profitable_folds, stats.folds_reason
+            )
         )
+    else:
+        folds = _compare("profitable_folds", share, ">=", config.min_profitable_folds)
+        detail = (
+            f"{share:.4g} of {stats.n_folds} folds profitable >= {config.min_profitable_folds:.4g}"
+        )
+        gates.append(dataclasses.replace(folds, detail=detail))
+    if stats.pbo is None:
+        gates.append(_not_applicable("pbo", "<=", config.max_pbo, stats.pbo_reason))
     else:
         gates.append(_compare("pbo", stats.pbo, "<=", config.max_pbo))
     return gates
@@ -231,9 +241,9 @@ def evaluate_gates(
     beats_champion (total_return or sharpe strictly above the champion's; skipped when
     require_beat_champion is False) and drawdown_vs_champion (max_drawdown <= champion's +
     champion_drawdown_tolerance). With `selection`: dsr >= min_dsr, min_trl (hold-out periods >=
-    MinTRL), profitable_folds >= min_profitable_folds and pbo <= max_pbo (not applicable without a
-    PBO). `not_applicable`: absolute gates (by name) that do not apply, with the reason; they are
-    recorded as such and do not block.
+    MinTRL), profitable_folds >= min_profitable_folds and pbo <= max_pbo (each not applicable
+    without folds or a PBO). `not_applicable`: absolute gates (by name) that do not apply, with
+    the reason; they are recorded as such and do not block.
     """
     skip = dict(not_applicable or {})
 

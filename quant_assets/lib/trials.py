@@ -3,11 +3,17 @@ compared for a partition (model configurations x decision-threshold grid points)
 out-of-fold predictions, per-fold trading metrics, and the deflated Sharpe ratio and PBO they imply.
 
 A trial is one (model configuration, long threshold) pair. Training records, per configuration,
-the thresholds its search could have chosen (`threshold_trials`, eligible rows) in `trials.json`
+the thresholds its search could have chosen (`threshold_trials`, eligible rows) and the short
+threshold chosen on the same out-of-fold predictions (`choose_short_threshold`) in `trials.json`
 beside its out-of-fold predictions. The evaluation backtests every trial on the challenger's
-out-of-fold window with the same trade rules as the hold-out backtest (sizing, stops, costs,
-delay), so each trial's per-period Sharpe ratio is measured the same way as the selected one's:
-N = number of trials, V = the cross-sectional variance of their Sharpe ratios.
+out-of-fold window with the same trade rules as the hold-out backtest (`TradeRules`: sides,
+sizing, stops, costs, delay): long from the trial's threshold and short from the short threshold
+the served strategy would use with it (`TradeRules.short_threshold`), so the selected trial is
+the served strategy, and each trial's per-period Sharpe ratio is measured the same way as the
+selected one's: N = number of trials, V = the cross-sectional variance of their Sharpe ratios.
+
+`compared_selection` deflates a choice among strategies backtested side by side on one window
+(the ensemble's variants) the same way: N = the strategies compared, V = their Sharpe variance.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ from quant_assets.lib.promotion import GateConfig, SelectionStats
 from quant_assets.lib.signals import (
     THRESHOLD_COST,
     THRESHOLD_MIN_TRADES,
+    choose_short_threshold,
     make_signals,
     position_changes,
+    resolve_short_threshold,
     threshold_trials,
     volatility_target_size,
 )
@@ -67,14 +75,16 @@ def training_trial_record(
 ) -> dict[str, Any]:
     """What one training tried, for `trials.json`: its configuration and the threshold search on
     its out-of-fold predictions (grid, cost, minimum trades, the eligible grid points, the chosen
-    one). Without trade returns (another target) no threshold was searched: one trial at the
-    chosen threshold."""
+    one) and the short threshold chosen on them (`choose_short_threshold`, as training tags it:
+    None when no downside edge). Without trade returns (another target) no threshold was
+    searched: one trial at the chosen threshold, long only."""
     if trade_return is None:
-        grid, eligible = [], [float(chosen_threshold)]
+        grid, eligible, short = [], [float(chosen_threshold)], None
     else:
         table = threshold_trials(prob, trade_return)
         grid = table["threshold"].to_list()
         eligible = table.filter(pl.col("eligible"))["threshold"].to_list()
+        short = choose_short_threshold(prob, trade_return)
     return {
         "config_id": config_id,
         "config": dict(config),
@@ -83,15 +93,17 @@ def training_trial_record(
         "threshold_min_trades": THRESHOLD_MIN_TRADES,
         "eligible_thresholds": eligible or [float(chosen_threshold)],
         "chosen_threshold": float(chosen_threshold),
+        "chosen_threshold_short": short,
     }
 
 
 @dataclass(frozen=True)
 class TradeRules:
     """How probabilities become trades, in the hold-out and every out-of-fold backtest alike:
-    long when prob >= threshold, ATR stop-loss / take-profit, held `horizon` bars after the last
-    signal, executed `delay` bars later at the open, costs per leg, and positions sized to
-    `target_vol` annualized volatility (`signals.volatility_target_size`; None: full size)."""
+    long when prob >= the long threshold, short when prob <= the short threshold in force
+    (`short_threshold`), ATR stop-loss / take-profit, held `horizon` bars after the last signal,
+    executed `delay` bars later at the open, costs per leg, and positions sized to `target_vol`
+    annualized volatility (`signals.volatility_target_size`; None: full size)."""
 
     tp_mult: float = 1.75
     sl_mult: float = 1.0
@@ -100,6 +112,19 @@ class TradeRules:
     slippage_bps: float = 2.0
     delay: int = 1
     target_vol: float | None = 0.10
+    shorts: bool = True
+    """Trade the short side (False: long only, whatever the models chose)."""
+    threshold_short: float | None = None
+    """A short threshold for every model; None: each model's own."""
+
+    def short_threshold(self, model_short: float | None, threshold_long: float) -> float | None:
+        """The short threshold in force for a model whose own short threshold (chosen on its
+        out-of-fold predictions, tag `decision_threshold_short`) is `model_short`, trading long
+        from `threshold_long`: `threshold_short` if set, else the model's; None (long only) without
+        shorts or when it would not lie below the long threshold (`resolve_short_threshold`)."""
+        if not self.shorts:
+            return None
+        return resolve_short_threshold(self.threshold_short, model_short, threshold_long)
 
 
 def strategy_backtest(
@@ -145,13 +170,28 @@ def strategy_backtest(
 @dataclass(frozen=True)
 class ConfigTrials:
     """One model configuration fitted on the partition: its out-of-fold predictions (timestamp,
-    fold, prob) and the thresholds its search could choose; `chosen` is the one it chose."""
+    fold, prob) and the thresholds its search could choose; `chosen` is the one it chose, `short`
+    the short threshold chosen on the same predictions (None: no downside edge, long only)."""
 
     config_id: str
     label: str
     oof: pl.DataFrame
     thresholds: Sequence[float]
     chosen: float
+    short: float | None = None
+
+
+def trial_sharpes(returns: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-period Sharpe ratio of each trial's returns; 0 for a trial that never traded (flat
+    returns have no Sharpe ratio, and a strategy that does nothing has no edge)."""
+    sharpes = np.array([sharpe_moments(r).sharpe for r in returns], dtype=np.float64)
+    return np.where(np.isfinite(sharpes), sharpes, 0.0)
+
+
+def _min_trl(moments: SharpeMoments, periods_per_year: float, config: GateConfig) -> float:
+    """MinTRL (periods) of `moments` against the gate config's annualized benchmark Sharpe."""
+    benchmark = config.min_trl_benchmark_sharpe / math.sqrt(periods_per_year)
+    return min_track_record_length(moments, benchmark, config.min_trl_confidence)
 
 
 def fold_metrics_table(
@@ -217,6 +257,7 @@ class SelectionEvidence:
             "oof_skew": self.oof_moments.skew,
             "oof_kurtosis": self.oof_moments.kurtosis,
             "oof_periods": float(self.oof_moments.n_obs),
+            "oof_short_trades": float((self.oof_result.trades["side"] == -1).sum()),
             "oof_dsr": self.dsr,
             "profitable_fold_share": self.profitable_fold_share,
             "n_folds": float(self.folds.height),
@@ -242,16 +283,18 @@ def selection_evidence(
 ) -> SelectionEvidence:
     """Backtest every trial on the challenger's out-of-fold window and gather the evidence.
 
-    bars: OHLCV; atr: timestamp, atr_14. Other configurations' predictions are used where they
-    fall in the window (a configuration fitted on older data is flat after its last prediction).
-    PBO needs at least `pbo_min_trials` trials and enough bars for `pbo_blocks` blocks.
+    bars: OHLCV; atr: timestamp, atr_14. Each trial trades long from its threshold and short from
+    `rules.short_threshold(config.short, threshold)`, the side rule of the hold-out backtest and
+    of `signals`. Other configurations' predictions are used where they fall in the window (a
+    configuration fitted on older data is flat after its last prediction). PBO needs at least
+    `pbo_min_trials` trials and enough bars for `pbo_blocks` blocks.
     """
     prices = bars.select("timestamp", "close").join(atr, on="timestamp")
     own = _priced(challenger.oof, prices)
     if own.is_empty():
         raise ValueError(f"{challenger.label}: no out-of-fold predictions with prices")
     window = (own["timestamp"].min(), own["timestamp"].max())
-    columns, labels = [], []
+    columns, labels, shorts = [], [], []
     selected: BacktestResult | None = None
     for config in (challenger, *others):
         priced = own if config is challenger else _priced(config.oof, prices)
@@ -263,17 +306,18 @@ def selection_evidence(
         for threshold in thresholds:
             if config is not challenger and threshold not in set(map(float, config.thresholds)):
                 continue
+            short = rules.short_threshold(config.short, threshold)
             result = strategy_backtest(
-                bars, priced, prob, threshold, timeframe, periods_per_year, rules, window
+                bars, priced, prob, threshold, timeframe, periods_per_year, rules, window, short
             )
             columns.append(result.per_bar["net_ret"].to_numpy())
             labels.append((config.label, threshold))
+            shorts.append(short)
             if config is challenger and threshold == float(challenger.chosen):
                 selected = result
     assert selected is not None  # the challenger's chosen threshold is always backtested
     matrix = np.column_stack(columns)
-    sharpes = np.array([sharpe_moments(c).sharpe for c in columns])
-    sharpes = np.where(np.isfinite(sharpes), sharpes, 0.0)  # a trial that never trades: SR 0
+    sharpes = trial_sharpes(columns)
     n_trials = len(columns)
     variance = trials_sharpe_variance(sharpes)
     moments = sharpe_moments(selected.per_bar["net_ret"].to_numpy())
@@ -291,6 +335,7 @@ def selection_evidence(
         {
             "config": [label for label, _ in labels],
             "threshold": [t for _, t in labels],
+            "threshold_short": pl.Series(shorts, dtype=pl.Float64),
             "sharpe_per_period": sharpes,
             "sharpe": sharpes * math.sqrt(periods_per_year),
             "selected": [
@@ -357,17 +402,90 @@ def selection_stats(
     """The selection gates' inputs: the evidence's DSR, folds and PBO, and the hold-out's length
     against its minimum track record length (benchmark Sharpe annualized in `config`)."""
     moments = sharpe_moments(holdout.per_bar["net_ret"].to_numpy())
-    benchmark = config.min_trl_benchmark_sharpe / math.sqrt(periods_per_year)
     return SelectionStats(
         dsr=evidence.dsr,
         n_trials=evidence.n_trials,
         trials_variance=evidence.trials_variance,
         track_record=float(moments.n_obs),
-        min_track_record=min_track_record_length(moments, benchmark, config.min_trl_confidence),
+        min_track_record=_min_trl(moments, periods_per_year, config),
         profitable_fold_share=evidence.profitable_fold_share,
         n_folds=evidence.folds.height,
         pbo=evidence.pbo.pbo if evidence.pbo is not None else None,
         pbo_reason=evidence.pbo_reason,
+    )
+
+
+@dataclass(frozen=True)
+class ComparedSelection:
+    """A strategy chosen among `n_trials` strategies backtested side by side on the same bars,
+    deflated for that choice: each one's per-period Sharpe ratio (`sharpes`), V their variance,
+    SR0 the expected maximum Sharpe of N unskilled ones, the chosen one's moments, its DSR and
+    its MinTRL (periods, at the gate config's confidence and benchmark Sharpe)."""
+
+    chosen: str
+    sharpes: dict[str, float]
+    n_trials: int
+    trials_variance: float
+    expected_max_sharpe: float
+    moments: SharpeMoments
+    dsr: float
+    min_track_record: float
+
+    def stats(self) -> SelectionStats:
+        """The selection gates' inputs: DSR and MinTRL on the comparison window; no folds and no
+        PBO (the strategies were compared on one window, not cross-validated)."""
+        reason = "the strategies were compared on one window, without validation folds"
+        return SelectionStats(
+            dsr=self.dsr,
+            n_trials=self.n_trials,
+            trials_variance=self.trials_variance,
+            track_record=float(self.moments.n_obs),
+            min_track_record=self.min_track_record,
+            profitable_fold_share=None,
+            n_folds=0,
+            pbo=None,
+            pbo_reason=reason,
+            folds_reason=reason,
+        )
+
+    def as_metrics(self, periods_per_year: float) -> dict[str, float]:
+        """Flat numbers for metadata and MLflow (the chosen one's Sharpe annualized too)."""
+        return {
+            "n_trials": float(self.n_trials),
+            "trials_sharpe_variance": self.trials_variance,
+            "expected_max_sharpe": self.expected_max_sharpe,
+            "sharpe_per_period": self.moments.sharpe,
+            "sharpe": self.moments.sharpe * math.sqrt(periods_per_year),
+            "periods": float(self.moments.n_obs),
+            "dsr": self.dsr,
+            "min_trl_periods": self.min_track_record,
+        }
+
+
+def compared_selection(
+    returns: Mapping[str, np.ndarray],
+    chosen: str,
+    periods_per_year: float,
+    config: GateConfig,
+) -> ComparedSelection:
+    """The deflated Sharpe ratio of `chosen` among every strategy in `returns` (per name, its
+    per-bar net returns on the same window): N = the strategies compared, V = the variance of
+    their per-period Sharpe ratios (`trial_sharpes`), and its MinTRL on that window."""
+    if chosen not in returns:
+        raise ValueError(f"chosen strategy {chosen!r} is not among those compared: {list(returns)}")
+    names = list(returns)
+    sharpes = trial_sharpes([np.asarray(returns[name], dtype=np.float64) for name in names])
+    variance = trials_sharpe_variance(sharpes)
+    moments = sharpe_moments(np.asarray(returns[chosen], dtype=np.float64))
+    return ComparedSelection(
+        chosen=chosen,
+        sharpes=dict(zip(names, map(float, sharpes), strict=True)),
+        n_trials=len(names),
+        trials_variance=variance,
+        expected_max_sharpe=expected_max_sharpe(len(names), variance),
+        moments=moments,
+        dsr=deflated_sharpe(moments, len(names), variance),
+        min_track_record=_min_trl(moments, periods_per_year, config),
     )
 
 
@@ -455,6 +573,7 @@ def partition_trials(tracker: Any, name: str, challenger_version: str) -> Partit
             oof,
             record["eligible_thresholds"],
             float(record["chosen_threshold"]),
+            _recorded_short(record, v.tags or {}),
         )
     # sweep trials (lib.sweeps): nested runs tagged with the registered model, each a configuration
     # cross-validated on the partition; one the challenger was trained with is counted once
@@ -474,9 +593,20 @@ def partition_trials(tracker: Any, name: str, challenger_version: str) -> Partit
             oof,
             record["eligible_thresholds"],
             float(record["chosen_threshold"]),
+            _recorded_short(record, run.data.tags),
         )
     challenger = seen.pop(own_config, None) if own_config else None
     return PartitionTrials(challenger, list(seen.values()), len(versions), without)
+
+
+def _recorded_short(record: Mapping[str, Any], tags: Mapping[str, str]) -> float | None:
+    """A configuration's short threshold: its version's tag `decision_threshold_short` (what the
+    served model reads; "" for none), else its trial record's, else None (long only)."""
+    tagged = tags.get("decision_threshold_short")
+    if tagged is not None:
+        return float(tagged) if tagged else None
+    short = record.get("chosen_threshold_short")
+    return float(short) if short is not None else None
 
 
 def _sweep_trial_runs(tracker: Any, name: str) -> list[Any]:

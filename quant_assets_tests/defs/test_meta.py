@@ -95,6 +95,13 @@ def test_meta_layer_end_to_end_with_fallbacks(instance, meta_project) -> None:
     run = tracker.client.get_run(ensemble["mlflow_run_id"][0])
     artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
     assert {"ensemble_comparison.csv", "ensemble_equity_curves.png", "gates.csv"} <= artifacts
+    # the serving decision is deflated by every variant compared, the champion's included
+    compared = run.data.params["ensemble.trials"].split(", ")
+    assert "champion" in compared and len(compared) == 5
+    assert metadata["n_trials"].value == int(run.data.params["ensemble.n_trials"]) == 5
+    assert run.data.metrics["selection_dsr"] == pytest.approx(metadata["dsr"].value)
+    assert metadata["trials_sharpe_variance"].value >= 0 and "min_trl_periods" in metadata
+    assert "DSR" in metadata["gates"].value and "N=5 trials" in metadata["gates"].value
 
     # an ensemble that passed its gates is what `signals` serves (side and size), not the champion
     assert tracker.aliases("direction.BTCUSDT.4h").get("champion")

@@ -1,11 +1,13 @@
 """Meta layer: per-regime meta-learners (skips, hold-out and purging never leak), the meta-labelling
-filter and its hold-out report, the ensemble's fallbacks to voting, and hold-out backtests."""
+filter and its hold-out report, the ensemble's fallbacks to voting, hold-out backtests, and the
+serving decision's deflated Sharpe ratio over every variant compared."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -29,12 +31,16 @@ from quant_assets.lib.meta import (
     filter_report,
     meta_features,
     meta_labels,
+    primary_side,
     train_meta_filter,
     train_meta_learners,
     voting,
 )
+from quant_assets.lib.overfitting import deflated_sharpe, sharpe_moments
 from quant_assets.lib.performance import annualization, performance_metrics
+from quant_assets.lib.promotion import GateConfig, evaluate_gates
 from quant_assets.lib.sources.base import OHLCV_SCHEMA
+from quant_assets.lib.trials import compared_selection
 from quant_assets_tests.lib.bars_factory import make_bars
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -560,3 +566,97 @@ def test_compare_ensembles_matches_run_backtest_on_hand_built_orders() -> None:
     assert row["trade_count"] == 2
     half = comparison.per_bar["half"]["position"].to_list()
     assert half == [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, -0.5, -0.5]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the ensemble's serving decision
+
+
+def _holdout_variants(frame: pl.DataFrame, report) -> tuple[pl.DataFrame, dict]:
+    """The hold-out rows and the variants `ensemble_signals` (defs) backtests on them."""
+    start = report.data["timestamp"][int(report.plan.holdout_idx[0])]
+    hold = frame.filter(pl.col("timestamp") >= start)
+    variants = {"primary_trend": primary_side(hold, "trend").select("side")}
+    variants["voting"] = voting(hold).select(pl.col("vote_side").alias("side"))
+    for mode in ("filter", "weighted"):
+        combined = ensemble_signals(frame, report.models, EnsembleConfig(mode=mode)).signals
+        variants[f"meta_{mode}"] = combined.filter(pl.col("timestamp") >= start).select(
+            "side", "size"
+        )
+    return hold, variants
+
+
+def test_ensemble_decision_deflates_by_every_variant_compared(frame: pl.DataFrame, report) -> None:
+    hold, variants = _holdout_variants(frame, report)
+    comparison = compare_ensembles(hold, frame, variants, "1h")
+    returns = {k: v["net_ret"].to_numpy() for k, v in comparison.per_bar.items()}
+    ppy = annualization("1h", "24/7")
+    config = GateConfig()
+    selection = compared_selection(returns, "meta_filter", ppy, config)
+    assert selection.n_trials == len(variants) == 4
+    # V by hand: the sample variance of the variants' per-bar Sharpe ratios
+    sharpes = np.array([r.mean() / r.std(ddof=1) for r in returns.values()])
+    assert list(selection.sharpes) == list(variants)
+    assert list(selection.sharpes.values()) == pytest.approx(sharpes, rel=1e-12)
+    assert selection.trials_variance == pytest.approx(np.var(sharpes, ddof=1), rel=1e-12)
+    # DSR by hand (Bailey & Lopez de Prado 2014), and as lib.overfitting computes it
+    r = returns["meta_filter"]
+    d = r - r.mean()
+    g3 = np.mean(d**3) / np.mean(d**2) ** 1.5
+    g4 = np.mean(d**4) / np.mean(d**2) ** 2
+    sr, n, v = r.mean() / r.std(ddof=1), 4, np.var(sharpes, ddof=1)
+    normal, gamma = NormalDist(), 0.5772156649015329
+    sr0 = math.sqrt(v) * (
+        (1 - gamma) * normal.inv_cdf(1 - 1 / n) + gamma * normal.inv_cdf(1 - 1 / (n * math.e))
+    )
+    spread = 1 - g3 * sr + (g4 - 1) / 4 * sr**2
+    dsr = normal.cdf((sr - sr0) * math.sqrt(r.size - 1) / math.sqrt(spread))
+    assert selection.expected_max_sharpe == pytest.approx(sr0, abs=1e-12)
+    assert selection.dsr == pytest.approx(dsr, abs=1e-9)
+    assert selection.dsr == deflated_sharpe(sharpe_moments(r), n, selection.trials_variance)
+    trl = 1 + spread * (normal.inv_cdf(0.95) / sr) ** 2
+    assert selection.min_track_record == pytest.approx(trl, rel=1e-9)
+    # the gates take it as the direction model's selection evidence: DSR and MinTRL gate, folds
+    # and PBO do not exist for one hold-out and say so
+    metrics = comparison.summary.filter(pl.col("variant") == "meta_filter").row(0, named=True)
+    decision = evaluate_gates(metrics | {"ece": 0.05}, None, config, selection=selection.stats())
+    gates = {g.name: g for g in decision.gates}
+    assert gates["dsr"].value == selection.dsr and gates["dsr"].applicable
+    assert "N=4 trials" in gates["dsr"].describe()
+    assert gates["min_trl"].threshold == selection.min_track_record
+    assert not gates["profitable_folds"].applicable and not gates["pbo"].applicable
+    assert "one window" in gates["profitable_folds"].describe()
+    assert selection.as_metrics(ppy)["dsr"] == selection.dsr
+    with pytest.raises(ValueError, match="not among those compared"):
+        compared_selection(returns, "champion", ppy, config)
+
+
+def test_a_variant_that_wins_only_by_selection_among_noise_is_refused() -> None:
+    """Random sides on a random walk: the best of 60 looks significant alone (PSR >= 0.95, the
+    gates without deflation would let its Sharpe through) but not as the best of 60."""
+    bars = make_bars(1200, "1h", seed=12).with_columns(atr_14_frac=pl.lit(0.01))
+    rng = np.random.default_rng(5)
+    variants = {
+        f"noise_{i}": pl.Series(rng.choice([-1, 0, 1], bars.height, p=[0.05, 0.9, 0.05]))
+        for i in range(60)
+    }
+    # without costs and stops, so that noise is zero-mean rather than a sure loss
+    frictionless = BacktestSettings(fee_bps=0.0, slippage_bps=0.0, use_stops=False)
+    comparison = compare_ensembles(bars, bars, variants, "1h", frictionless)
+    returns = {k: v["net_ret"].to_numpy() for k, v in comparison.per_bar.items()}
+    ppy, config = annualization("1h", "24/7"), GateConfig()
+    best = max(returns, key=lambda k: sharpe_moments(returns[k]).sharpe)
+    alone = compared_selection({best: returns[best]}, best, ppy, config)
+    among = compared_selection(returns, best, ppy, config)
+    assert alone.n_trials == 1 and alone.dsr >= config.min_dsr  # DSR with N = 1 is the PSR
+    assert among.n_trials == 60 and among.dsr < config.min_dsr
+    metrics = comparison.summary.filter(pl.col("variant") == best).row(0, named=True)
+    metrics |= {"ece": 0.05}
+    failed = [
+        g.name
+        for g in evaluate_gates(metrics, None, config, selection=among.stats()).gates
+        if not g.passed
+    ]
+    assert "dsr" in failed
+    passed_alone = evaluate_gates(metrics, None, config, selection=alone.stats())
+    assert "dsr" not in [g.name for g in passed_alone.gates if not g.passed]

@@ -1,6 +1,6 @@
 """Trials behind a promotion decision: counting (configurations x threshold candidates), their
-out-of-fold backtests, per-fold metrics, the selection gates' inputs, and the registry look-ups
-(trial records, reuse of an identical training)."""
+out-of-fold backtests (both sides, as served), per-fold metrics, the selection gates' inputs, and
+the registry look-ups (trial records, reuse of an identical training)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from quant_assets.lib.ohlcv import bars_for_timeframe
 from quant_assets.lib.overfitting import expected_max_sharpe, trials_sharpe_variance
 from quant_assets.lib.performance import annualization
 from quant_assets.lib.promotion import GateConfig, evaluate_gates
-from quant_assets.lib.signals import choose_long_threshold
+from quant_assets.lib.signals import choose_long_threshold, choose_short_threshold
 from quant_assets.lib.sources.synthetic import SyntheticSource
 from quant_assets.lib.splits import make_splits
 from quant_assets.lib.training import ModelConfig, TrainingResult, train_with_cv
@@ -32,6 +32,7 @@ from quant_assets.lib.trials import (
     oof_predictions_frame,
     selection_evidence,
     selection_stats,
+    strategy_backtest,
     training_trial_record,
 )
 
@@ -70,6 +71,7 @@ def partition() -> dict:
                 oof_predictions_frame(result.oof),
                 record["eligible_thresholds"],
                 threshold,
+                record["chosen_threshold_short"],
             ),
         )
     return {
@@ -88,9 +90,69 @@ def test_trial_record_lists_the_candidates_the_search_compared(partition: dict) 
     assert 1 <= len(record["threshold_grid"]) <= 5  # one candidate per share of bars traded
     assert set(record["eligible_thresholds"]) <= set(record["threshold_grid"])
     assert record["chosen_threshold"] == trials.chosen
+    # the short threshold training tags, chosen on the same out-of-fold predictions
+    result = partition["results"]["lightgbm"]
+    ret = partition["frame"]["ret"].gather(result.oof["row"]).to_numpy()
+    short = choose_short_threshold(result.oof["prob_cal"].to_numpy(), ret)
+    assert record["chosen_threshold_short"] == short == trials.short
     # another target: no search, the one threshold used is the one trial
     other = training_trial_record("x", {}, np.array([0.4, 0.6]), None, 0.5)
     assert other["eligible_thresholds"] == [0.5] and other["threshold_grid"] == []
+    assert other["chosen_threshold_short"] is None
+
+
+def test_every_trial_trades_both_sides_as_the_served_strategy(partition: dict) -> None:
+    """The synthetic source plants mean reversion, a downside edge: the model's short threshold
+    is set, and every out-of-fold trial trades the side rule of the hold-out backtest and
+    `signals`, so the selected trial is exactly the served strategy on the out-of-fold bars."""
+    _, lgb = partition["configs"]["lightgbm"]
+    bars, atr, ppy = partition["bars"], partition["atr"], partition["ppy"]
+    assert lgb.short is not None and lgb.short < lgb.chosen
+    rules = TradeRules()
+    evidence = selection_evidence(lgb, [], bars, atr, TIMEFRAME, ppy, rules)
+    # each trial: its long threshold, and the short threshold the same rule gives with it
+    expected = [lgb.short if lgb.short < t else None for t in evidence.trials["threshold"]]
+    assert evidence.trials["threshold_short"].to_list() == expected
+    selected = evidence.trials.filter(pl.col("selected"))
+    assert selected["threshold_short"].to_list() == [lgb.short]
+    shorts = int((evidence.oof_result.trades["side"] == -1).sum())
+    assert shorts > 0 and evidence.as_metrics(ppy)["oof_short_trades"] == shorts
+    # the hold-out backtest's call on the same out-of-fold rows, both sides: the same strategy
+    result = partition["results"]["lightgbm"]
+    priced = (
+        result.oof.select("timestamp", "y", "prob_cal")
+        .join(bars.select("timestamp", "close").join(atr, on="timestamp"), on="timestamp")
+        .sort("timestamp")
+    )
+    metrics, served = holdout_scores(
+        priced["y"].to_numpy(),
+        priced["prob_cal"].to_numpy(),
+        priced,
+        bars,
+        lgb.chosen,
+        TIMEFRAME,
+        ppy,
+        rules,
+        threshold_short=rules.short_threshold(lgb.short, lgb.chosen),
+    )
+    assert metrics["short_trades"] == shorts
+    assert served.per_bar.equals(evidence.oof_result.per_bar)
+    net = served.per_bar["net_ret"].to_numpy()
+    assert evidence.oof_moments.sharpe == pytest.approx(net.mean() / net.std(ddof=1), abs=1e-12)
+    assert float(selected["sharpe"][0]) == pytest.approx(metrics["sharpe"], rel=1e-9)
+    # long only (the old out-of-fold rule) is another strategy: no shorts, another Sharpe
+    prob = priced["prob_cal"].to_numpy()
+    longs = strategy_backtest(bars, priced, prob, lgb.chosen, TIMEFRAME, ppy, rules)
+    assert (longs.trades["side"] == -1).sum() == 0
+    assert not longs.per_bar["net_ret"].equals(served.per_bar["net_ret"])
+    # the rule's switches hold for the trials too: no shorts, or one short threshold for all
+    off = selection_evidence(lgb, [], bars, atr, TIMEFRAME, ppy, TradeRules(shorts=False))
+    assert off.trials["threshold_short"].is_null().all()
+    assert off.oof_result.per_bar.equals(longs.per_bar)
+    fixed = TradeRules(threshold_short=0.2)
+    forced = selection_evidence(lgb, [], bars, atr, TIMEFRAME, ppy, fixed)
+    expected = [0.2 if t > 0.2 else None for t in forced.trials["threshold"]]
+    assert forced.trials["threshold_short"].to_list() == expected
 
 
 def test_n_counts_every_configuration_and_threshold_fitted_for_the_partition(
@@ -190,6 +252,9 @@ def test_registry_lookups_find_trials_and_identical_trainings(
         record, _ = partition["configs"][model_type]
         tags = identity | {"config_id": model_type, "model_type": model_type}
         tags["decision_threshold"] = f"{record['chosen_threshold']:.2f}"
+        if model_type == "lightgbm":  # the other's short threshold is read from its record
+            short = record["chosen_threshold_short"]
+            tags["decision_threshold_short"] = "" if short is None else f"{short:.2f}"
         with tracker.run("challenger_model", model_type, tags) as run_id:
             tracker.log_dict(run_id, record, TRIALS_ARTIFACT)
             oof_path = tmp_path / OOF_ARTIFACT
@@ -215,3 +280,6 @@ def test_registry_lookups_find_trials_and_identical_trainings(
     assert math.isclose(
         fitted.others[0].chosen, partition["configs"]["lightgbm"][0]["chosen_threshold"]
     )
+    # each configuration's short threshold, exactly the recorded one (tag, else trial record)
+    assert fitted.others[0].short == partition["configs"]["lightgbm"][0]["chosen_threshold_short"]
+    assert fitted.challenger.short == partition["configs"]["logistic"][0]["chosen_threshold_short"]
