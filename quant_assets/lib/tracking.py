@@ -380,7 +380,10 @@ class Tracker:
         registered_name: str,
         tags: dict[str, str],
     ) -> RegisteredVersion:
-        """Log the model in its native format inside the active run and register a new version.
+        """Log the model in its native format inside the active run and register a new version,
+        created with every tag (identity and artifact hash) in one registry write: a step killed
+        after registering leaves a version that a retry recognizes and reuses
+        (`trials.reusable_version`), never one without its identity.
 
         LightGBM: the native booster (LightGBM's own text model format). XGBoost: the classifier in
         XGBoost's JSON format (its booster carries the fitted parameters). scikit-learn estimators:
@@ -396,8 +399,6 @@ class Tracker:
             signature=signature,
             input_example=input_example.head(5),
             pip_requirements=pip_requirements(model_type),
-            registered_model_name=registered_name,
-            await_registration_for=0,
         )
         # registration notices are printed straight to stderr; the asset's metadata says it better.
         # MLflow checks the input example by predicting it as a named pandas frame; scikit-learn
@@ -411,14 +412,19 @@ class Tracker:
                 info = mlflow.xgboost.log_model(model, model_format="json", **common)
             else:
                 info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
-        version = str(info.registered_model_version)
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
             )
             tags = {**tags, ARTIFACT_HASH_TAG: directory_digest(local)}
-        for key, value in tags.items():
-            self.client.set_model_version_tag(registered_name, version, key, str(value))
+        with contextlib.redirect_stderr(io.StringIO()):
+            registered = mlflow.register_model(
+                info.model_uri,
+                registered_name,
+                await_registration_for=0,
+                tags={key: str(value) for key, value in tags.items()},
+            )
+        version = str(registered.version)
         active = mlflow.active_run()
         return RegisteredVersion(
             registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}"

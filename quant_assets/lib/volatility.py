@@ -255,8 +255,11 @@ def register_volatility_model(
     with contextlib.suppress(MlflowException):  # registered before (or by a parallel step)
         client.create_registered_model(name)
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = str(client.create_model_version(name, source, run_id=run_id).version)
-    tracker.set_version_tags(name, version, {**tags, ARTIFACT_HASH_TAG: digest})
+    # identity and hash written with the version (one registry write: see Tracker.log_model)
+    version_tags = {key: str(value) for key, value in {**tags, ARTIFACT_HASH_TAG: digest}.items()}
+    version = str(
+        client.create_model_version(name, source, run_id=run_id, tags=version_tags).version
+    )
     tracker.set_alias(name, ALIAS_CHALLENGER, version)
     return version, run_id
 
