@@ -22,11 +22,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/quant-assets demo
 
-# every test: the suite, then the README's first command as a test (the demo in a fresh directory
-# ends with its champions and their signals in SQL; about five minutes, so apart: make test-demo)
+# every test, the README's first command included (the demo in a fresh directory ends with its
+# champions and their signals in SQL; alone: make test-demo), on a worker process per core
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	$(VENV)/bin/python -m pytest -m demo
 
 test-demo: install
 	$(VENV)/bin/python -m pytest -m demo

@@ -1,7 +1,10 @@
 """`quant-assets demo` as a new user runs it (the README's first command, in a fresh directory, on the
 embedded defaults): it must end with the same champions and their signals in SQL on every machine
-and every day. About five minutes, so it runs in CI after the suite (`make test-demo`), not in
-`make test`."""
+and every day. The demo is also the suite's test of the CLI's execution path on many partitions:
+one backfill executed by Dagster's daemon, batched runs (a partition range per run), two runs at a
+time, and rejected challengers that are successful runs with a WARN gate result and a `champion`
+partition that keeps (no failed partition). The longest test (about five minutes on an idle
+machine): it is scheduled first (conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 pytestmark = pytest.mark.demo
@@ -18,6 +22,35 @@ CLI = str(Path(sys.executable).with_name("quant-assets"))
 
 #: what the demo ends with (README, "Quick start"): partitions with a champion, and their signals
 EXPECTED_CHAMPIONS = {"BTCUSDT|1h", "BTCUSDT|4h", "ETHUSDT|1h", "ETHUSDT|4h"}
+PARTITIONS = {
+    f"{s}|{tf}" for s in ("BTCUSDT", "ETHUSDT", "SPY", "AAPL") for tf in ("1h", "4h", "1d")
+}
+
+
+def _check_the_execution(home: Path) -> None:
+    """One backfill, batched and parallel runs that all succeed, rejections that are decisions."""
+    from quant_assets.defs.backfills import check_outcomes
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (backfill,) = instance.get_backfills()
+        assert backfill.status.value == "COMPLETED_SUCCESS"
+        assert backfill.tags["quant_assets/command"] == "demo"
+        records = instance.get_run_records(dg.RunsFilter.for_backfill(backfill.backfill_id))
+        runs = [r.dagster_run for r in records]
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        # batched: far fewer runs than asset partitions (16 assets x 12 partitions + 2 x 3);
+        # 28 on an idle machine, more when the backfill daemon sees parents finish apart (README)
+        assert len(runs) <= 60, len(runs)
+        assert any("dagster/asset_partition_range_start" in run.tags for run in runs)
+        # both cores: at least two runs overlapped in time
+        spans = sorted((r.start_time, r.end_time) for r in records if r.start_time)
+        assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+        # every challenger judged once; a rejection is a WARN result in a successful run, and
+        # `champion` is materialized for every partition (promote or keep), none failed
+        gates = check_outcomes(instance, [run.run_id for run in runs], "promotion_gates")
+        assert set(gates) == PARTITIONS
+        assert {p for p, (passed, _) in gates.items() if passed} == EXPECTED_CHAMPIONS
+        assert instance.get_materialized_partitions(dg.AssetKey("champion")) == PARTITIONS
 
 
 def test_the_demo_ends_with_champions_and_their_signals_in_sql(
@@ -33,6 +66,8 @@ def test_the_demo_ends_with_champions_and_their_signals_in_sql(
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "COMPLETED_SUCCESS" in done.stdout, done.stdout[-4000:]
+    # the CLI's summary tells the decisions the UI shows (gate results below)
+    assert "promotion gates: 4 of 12 challenger(s) promoted" in done.stdout, done.stdout[-4000:]
 
     # read what the demo stored, through the same settings a user's shell would resolve there
     for var in [v for v in os.environ if v.startswith(("QUANT_ASSETS_", "DAGSTER_", "MLFLOW_"))]:
@@ -45,6 +80,7 @@ def test_the_demo_ends_with_champions_and_their_signals_in_sql(
 
     monkeypatch.setenv("QUANT_ASSETS_SYNTHETIC_END", DEMO_SYNTHETIC_END)
     settings = load_settings()
+    _check_the_execution(settings.dagster_home_path)
     tracker, store = _registry(settings)
     try:
         champions = set()
