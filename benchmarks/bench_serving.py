@@ -6,17 +6,21 @@ For each universe size and trading-store backend: synthetic 1h bars per symbol (
 resample) are stored as the ohlcv asset stores them; every symbol gets a direction champion
 (LightGBM, 50 trees, on the 1h features + 4h snapshot + cross-sectional ranks) and a volatility
 champion (GARCH(1,1)) in a fresh MLflow store and the SQL catalog. Then, per bar close: the new
-bar of every symbol is written to its Parquet file (not timed), and one `serve_bar_close` Dagster
-run (in-process, on an ephemeral instance) scores it. Timed: the run from launch to its end
-(everything up to the committed rows), and inside it the split load models / features of the new
-bar / score / write; "run start" is the rest (Dagster's run and step bookkeeping). The first close
-also loads every model (reported apart, "cold"); p50 and p95 are over the next --closes closes.
+bar of every symbol is written to its Parquet file, and the 4h file rewritten (not timed), and
+one `serve_bar_close` Dagster run (in-process, on an ephemeral instance) scores it, regime gate
+included (from the 4h snapshot: no daily bars are stored). Timed: the run from launch to its end
+(everything up to the committed rows), and inside it the split load models / read the stored bars
+(the changed Parquet files) / features of the new bar (with the snapshot and ranks) / regime /
+score / execute / write; "run start" is the rest (Dagster's run and step bookkeeping). Every
+fourth close a 4h bar closes too. The first close also loads every model and reads and computes
+every history (reported apart, "cold"); p50 and p95 are over the next --closes closes.
 The bar (issue 16): p95 <= 5 s for 500 symbols, of which scoring <= 1 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -27,10 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quant_assets.lib.bar_close import TIMING_STEPS  # noqa: E402
 from quant_assets_tests.lib.bars_factory import make_bars  # noqa: E402
 from quant_assets_tests.lib.serving_factory import register_champions, store_bars  # noqa: E402
 
 TIMEFRAME, HIGHER, HISTORY = "1h", "4h", 2000
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -123,6 +132,7 @@ def run(n_symbols: int, backend: str, closes: int) -> dict:
             "split_p50": {k: _percentile([s[k] for s in splits], 50) for k in splits[0]},
             "split_p95": {k: _percentile([s[k] for s in splits], 95) for k in splits[0]},
             "sides": rows["side"].value_counts().sort("side").rows(),
+            "gated": sum(json.loads(m)["gated"] for m in rows["meta"]),
         }
     finally:
         if pg is not None:
@@ -136,8 +146,9 @@ def main() -> None:
     parser.add_argument("--closes", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
-    order = ("load_models", "features", "score", "execute", "write", "run_start")
+    order = (*TIMING_STEPS, "run_start")
     print(f"bar-close serving, {TIMEFRAME} bars (+{HIGHER} snapshot), {args.closes} closes each")
+    print(f"load average at start: {_loadavg()}")
     for backend in args.backends:
         for n in args.symbols:
             r = run(n, backend, args.closes)
@@ -150,7 +161,8 @@ def main() -> None:
             print("  split p50: " + ", ".join(f"{k} {r['split_p50'][k]:.3f}" for k in order))
             print("  split p95: " + ", ".join(f"{k} {r['split_p95'][k]:.3f}" for k in order))
             print(
-                f"  scoring p95 {r['split_p95']['score']:.3f} s (bar: <= 1 s); sides {r['sides']}"
+                f"  scoring p95 {r['split_p95']['score']:.3f} s (bar: <= 1 s); sides {r['sides']}; "
+                f"gated rows {r['gated']}; load average {_loadavg()}"
             )
 
 

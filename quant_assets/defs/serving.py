@@ -1,9 +1,10 @@
 """Serving at bar close and the retention of `agent_preds`, as Dagster jobs and schedules.
 
 `serve_bar_close`: one run per close of a timeframe scores the newly closed bar of every symbol
-(lib/bar_close.py), a few minutes after the ohlcv refresh (`serving_delay_minutes`). The server,
-with its loaded models, lives as long as the process: runs executed in one process (in-process
-executor, `execute_in_process`, a long-lived worker) load each model once.
+and applies the regime gate (lib/bar_close.py), a few minutes after the ohlcv refresh
+(`serving_delay_minutes`). The server, with its loaded models and the stored history it keeps,
+lives as long as the process: runs executed in one process (in-process executor,
+`execute_in_process`, a long-lived worker) load each model and read each unchanged file once.
 `agent_preds_retention`: daily, deletes predictions older than `agent_preds_retention_days`."""
 
 from datetime import timedelta
@@ -24,6 +25,10 @@ class BarCloseConfig(dg.Config):
     """The timeframe whose bar just closed."""
     lookback_bars: int = 400
     """Stored bars the new bar's features are computed from."""
+    use_regime_gate: bool = True
+    """Flat on bars whose regime gate is off, as `signals` (SignalsConfig.use_regime_gate)."""
+    regime_quantile_window: int | None = None
+    """The `regime` asset's quantile_window (None: expanding); keep the two equal."""
 
 
 #: op results stay in memory: the rows live in SQL, the Parquet IO manager is for assets
@@ -31,8 +36,8 @@ RESULTS_IN_MEMORY = {"op_results": dg.mem_io_manager}
 
 
 @dg.op(
-    description="Score the newly closed bar of every symbol of a timeframe and upsert agent_preds "
-    "and agent_signals (lib/bar_close.py).",
+    description="Score the newly closed bar of every symbol of a timeframe, apply the regime gate "
+    "and upsert agent_preds and agent_signals (lib/bar_close.py).",
     out=dg.Out(dict, io_manager_key="op_results"),
 )
 def serve_new_bars(
@@ -43,6 +48,7 @@ def serve_new_bars(
     artifacts: ArtifactStore,
 ) -> dict:
     from quant_assets.lib.bar_close import BarCloseServer
+    from quant_assets.lib.regimes import RegimeConfig
 
     key = (mlflow.tracking_uri, trading_store.url, artifacts.root)
     server = _SERVERS.get(key)
@@ -51,6 +57,8 @@ def serve_new_bars(
             mlflow.get_tracker(), trading_store.get_store(), artifacts.root
         )
     server.lookback = config.lookback_bars
+    server.use_regime_gate = config.use_regime_gate
+    server.regime = RegimeConfig(quantile_window=config.regime_quantile_window)
     symbols = context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME)
     report = server.serve(config.timeframe, symbols, dagster_run_id=context.run_id)
     context.log.info(
@@ -63,6 +71,7 @@ def serve_new_bars(
             "rows": report.rows,
             "symbols_served": len(report.served),
             "skipped": dg.MetadataValue.json(report.skipped),
+            "gated": int((~report.inputs["gate"]).sum()) if report.inputs is not None else 0,
             **{f"seconds_{k}": v for k, v in report.timings.items()},
         }
     )

@@ -162,11 +162,40 @@ def _require_increasing(timestamps: pl.Series, where: str) -> None:
         )
 
 
-def features_plan(bars: pl.DataFrame, timeframe: str) -> pl.LazyFrame:
+def _require_increasing_within(frame: pl.DataFrame, by: str, where: str) -> None:
+    """Each series of a stacked frame (rows with the same `by`) is one contiguous block of rows
+    whose timestamps are non-null and strictly increasing."""
+    _require_columns(frame, [by, "timestamp"], where)
+    runs = frame[by].rle_id()
+    if frame.height and runs[-1] + 1 != frame[by].n_unique():
+        raise DataValidationError(where, f"the rows of each {by} must be contiguous")
+    physical = frame["timestamp"].to_physical().to_numpy()
+    same_series = np.diff(runs.to_numpy()) == 0
+    steps = same_series & (np.diff(physical) <= 0) if physical.size > 1 else same_series
+    nulls = frame["timestamp"].is_null().to_numpy()
+    bad = np.flatnonzero(np.r_[False, steps] | nulls)
+    if len(bad):
+        raise DataValidationError(
+            where, "timestamps must be non-null and strictly increasing", row=int(bad[0])
+        )
+
+
+def _per_series(by: str | None):
+    """Identity for one series; evaluation per `by` group (`.over`) for a stacked frame."""
+    if by is None:
+        return lambda expr: expr
+    return lambda expr: expr.over(by)
+
+
+def features_plan(bars: pl.DataFrame, timeframe: str, *, by: str | None = None) -> pl.LazyFrame:
     """The lazy query behind `compute_features` (validated inputs, not yet collected)."""
     check_timeframe(timeframe)
     _require_columns(bars, OHLCV_COLUMNS, "compute_features(bars)")
-    _require_increasing(bars["timestamp"], "compute_features(bars)")
+    if by is None:
+        _require_increasing(bars["timestamp"], "compute_features(bars)")
+    else:
+        _require_increasing_within(bars, by, "compute_features(bars)")
+    each = _per_series(by)
     o, h, lo, c, v = (pl.col(x) for x in ("open", "high", "low", "close", "volume"))
 
     diff = c.diff()
@@ -200,8 +229,10 @@ def features_plan(bars: pl.DataFrame, timeframe: str) -> pl.LazyFrame:
     macd = pl.col("_macd_fast") - pl.col(f"_ema_{MACD_SLOW}")
     stage2 = [
         macd.alias("macd"),
-        _seeded_ema(macd, 2.0 / (MACD_SIGNAL + 1), MACD_SLOW - 1, MACD_SIGNAL).alias("macd_signal"),
-        *(pl.col("ret_1").rolling_std(n, ddof=1).alias(f"vol_{n}") for n in VOL_WINDOWS),
+        each(_seeded_ema(macd, 2.0 / (MACD_SIGNAL + 1), MACD_SLOW - 1, MACD_SIGNAL)).alias(
+            "macd_signal"
+        ),
+        *(each(pl.col("ret_1").rolling_std(n, ddof=1)).alias(f"vol_{n}") for n in VOL_WINDOWS),
     ]
     gain, loss = pl.col("_avg_gain"), pl.col("_avg_loss")
     up, mid, low_band = pl.col("_bb_up"), pl.col("_bb_mid"), pl.col("_bb_lo")
@@ -210,7 +241,7 @@ def features_plan(bars: pl.DataFrame, timeframe: str) -> pl.LazyFrame:
     stage3 = [
         *((c / pl.col(f"_sma_{n}") - 1.0).alias(f"sma_{n}_ratio") for n in SMA_PERIODS),
         *((c / pl.col(f"_ema_{n}") - 1.0).alias(f"ema_{n}_ratio") for n in EMA_PERIODS),
-        ((ema26 - ema26.shift(SLOPE_LAG)) / SLOPE_LAG).alias("ema_26_slope"),
+        each((ema26 - ema26.shift(SLOPE_LAG)) / SLOPE_LAG).alias("ema_26_slope"),
         (pl.col("macd") - pl.col("macd_signal")).alias("macd_hist"),
         (pl.col("macd") / c).alias("macd_norm"),
         (pl.col("macd_signal") / c).alias("macd_signal_norm"),
@@ -233,44 +264,72 @@ def features_plan(bars: pl.DataFrame, timeframe: str) -> pl.LazyFrame:
     names = feature_names(timeframe)
     return (
         bars.lazy()
-        .with_columns(stage1)
+        .with_columns(each(e) for e in stage1)  # all but dollar_volume depend on row order
         .with_columns(stage2)
         .with_columns(stage3)
-        .select(ts, *names, (_row() >= MAX_WARMUP - 1).alias("is_warm"))
+        .select(
+            *([by] if by is not None else []),
+            ts,
+            *names,
+            each(_row() >= MAX_WARMUP - 1).alias("is_warm"),
+        )
     )
 
 
-def compute_features(bars: pl.DataFrame, timeframe: str) -> pl.DataFrame:
+def compute_features(bars: pl.DataFrame, timeframe: str, *, by: str | None = None) -> pl.DataFrame:
     """Features of canonical `bars` (one symbol, one timeframe): timestamp, feature_names(timeframe), is_warm.
 
     Each row uses only its own and earlier rows. A value is null until its window is full (the
     same rows as TA-Lib's lookback); `is_warm` is True from row MAX_WARMUP-1 on, once every
     feature, EMA-type ones included, is past FEATURE_WARMUP. Missing bars are not filled: windows
     count rows, so a window spanning a gap covers more wall-clock time.
+
+    `by`: `bars` stacks several series (e.g. symbols), each one contiguous block of rows in time
+    order named by column `by`; every series gets the features it would get alone (one polars
+    pass instead of one per series, for bar-close serving), and `by` leads the output. Per group,
+    polars sums an EMA's seed (the mean of a series' first rows) in another order, so warm-up rows
+    may differ from the series alone in the last bits; from the warm rows on they agree to 1e-12
+    (tested).
     """
     # The streaming engine cuts rows into morsels and restarts sliding sums at their edges,
     # so a row's last bits would depend on how long the frame is; the in-memory engine
     # keeps each row a function of its prefix alone (recursive_analysis checks it bitwise).
-    return features_plan(bars, timeframe).collect(engine="in-memory")
+    return features_plan(bars, timeframe, by=by).collect(engine="in-memory")
 
 
-def _close_times(timeframe: str) -> pl.Expr:
-    return (pl.col("timestamp") + timeframe_delta(timeframe)).set_sorted()
+def _close_times(timeframe: str, sorted_: bool = True) -> pl.Expr:
+    close = pl.col("timestamp") + timeframe_delta(timeframe)
+    return close.set_sorted() if sorted_ else close
 
 
 def multi_timeframe_snapshot(
-    base: pl.DataFrame, base_timeframe: str, higher: dict[str, pl.DataFrame]
+    base: pl.DataFrame,
+    base_timeframe: str,
+    higher: dict[str, pl.DataFrame],
+    *,
+    by: str | None = None,
 ) -> pl.DataFrame:
     """Base timestamps plus MTF_FEATURES of each higher timeframe (columns mtf_column(tf, f)).
 
     Each base bar gets the values of the last higher bar whose close (open + its duration) is at
     or before the base bar's close, so a daily value reaches hourly bars only from the 23:00 bar
     of its day on. `higher[tf]` is compute_features output of timeframe tf of the same symbol.
+    `by`: every frame stacks several symbols (compute_features(..., by=by) layout); each base
+    row takes the higher bars of its own symbol, and `by` leads the output.
     """
     base_seconds = timeframe_seconds(base_timeframe)
-    _require_columns(base, ["timestamp"], "multi_timeframe_snapshot(base)")
-    _require_increasing(base["timestamp"], "multi_timeframe_snapshot(base)")
-    out = base.select("timestamp", _close_times(base_timeframe).alias("_close"))
+    keys = [by] if by is not None else []
+
+    def check(frame: pl.DataFrame, where: str) -> None:
+        if by is None:
+            _require_increasing(frame["timestamp"], where)
+        else:
+            _require_increasing_within(frame, by, where)
+
+    _require_columns(base, [*keys, "timestamp"], "multi_timeframe_snapshot(base)")
+    check(base, "multi_timeframe_snapshot(base)")
+    # stacked close times are sorted within each symbol only
+    out = base.select(*keys, "timestamp", _close_times(base_timeframe, by is None).alias("_close"))
     for tf in sorted(higher, key=timeframe_seconds):
         where = f"multi_timeframe_snapshot(higher[{tf!r}])"
         if timeframe_seconds(tf) <= base_seconds:
@@ -278,14 +337,20 @@ def multi_timeframe_snapshot(
                 f"{where}: {tf} is not coarser than the base timeframe {base_timeframe}"
             )
         frame = higher[tf]
-        _require_columns(frame, ["timestamp", *MTF_FEATURES], where)
-        _require_increasing(frame["timestamp"], where)
+        _require_columns(frame, [*keys, "timestamp", *MTF_FEATURES], where)
+        check(frame, where)
         right = frame.select(
-            _close_times(tf).alias("_close_higher"),
+            *keys,
+            _close_times(tf, by is None).alias("_close_higher"),
             *(pl.col(f).alias(mtf_column(tf, f)) for f in MTF_FEATURES),
         )
         out = out.join_asof(
-            right, left_on="_close", right_on="_close_higher", strategy="backward"
+            right,
+            left_on="_close",
+            right_on="_close_higher",
+            by=by,
+            strategy="backward",
+            check_sortedness=by is None,
         ).drop("_close_higher")
     return out.drop("_close")
 
@@ -298,32 +363,34 @@ def _percentile_rank(column: str) -> pl.Expr:
     return pl.when(x.is_null()).then(None).when(n == 1).then(0.5).otherwise((rank - 1.0) / (n - 1))
 
 
-def cross_sectional_ranks(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def cross_sectional_ranks(frames: dict[str, pl.DataFrame] | pl.DataFrame) -> pl.DataFrame:
     """Per-timestamp percentile ranks across symbols of features frames of one timeframe.
 
+    `frames`: symbol -> features frame, or the frames stacked in one with a `symbol` column.
     Returns symbol, timestamp, xs_rank_momentum (of ret_20), xs_rank_volume (of volume_ratio_20),
     xs_rank_volatility (of vol_20) and xs_n_symbols (symbols with a row at that timestamp), sorted
     by symbol then timestamp. A rank is (average rank - 1) / (n - 1) among the n symbols whose
     value is not null at that timestamp, 0.5 when n == 1, null where the symbol's value is null.
     """
-    if not frames:
-        raise DataValidationError("cross_sectional_ranks(frames)", "no symbols given")
     sources = list(XS_SOURCES.values())
-    parts = []
-    for symbol, frame in frames.items():
-        _require_columns(
-            frame, ["timestamp", *sources], f"cross_sectional_ranks(frames[{symbol!r}])"
-        )
-        parts.append(
-            frame.select(pl.lit(symbol, dtype=pl.String).alias("symbol"), "timestamp", *sources)
-        )
-    return (
-        pl.concat(parts)
-        .select(
-            "symbol",
-            "timestamp",
-            *(_percentile_rank(src).alias(name) for name, src in XS_SOURCES.items()),
-            pl.len().over("timestamp").alias("xs_n_symbols"),
-        )
-        .sort("symbol", "timestamp")
-    )
+    if isinstance(frames, pl.DataFrame):
+        _require_columns(frames, ["symbol", "timestamp", *sources], "cross_sectional_ranks(frames)")
+        stacked = frames.select(pl.col("symbol").cast(pl.String), "timestamp", *sources)
+    elif not frames:
+        raise DataValidationError("cross_sectional_ranks(frames)", "no symbols given")
+    else:
+        parts = []
+        for symbol, frame in frames.items():
+            _require_columns(
+                frame, ["timestamp", *sources], f"cross_sectional_ranks(frames[{symbol!r}])"
+            )
+            parts.append(
+                frame.select(pl.lit(symbol, dtype=pl.String).alias("symbol"), "timestamp", *sources)
+            )
+        stacked = pl.concat(parts)
+    return stacked.select(
+        "symbol",
+        "timestamp",
+        *(_percentile_rank(src).alias(name) for name, src in XS_SOURCES.items()),
+        pl.len().over("timestamp").alias("xs_n_symbols"),
+    ).sort("symbol", "timestamp")

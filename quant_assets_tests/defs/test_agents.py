@@ -41,6 +41,7 @@ def test_signals_from_the_execution_agent_are_traceable(
     _run("ohlcv", instance, timeframes=("1d",))  # the 4h features' snapshot reads it
     _run("*champion", instance, {**FAST, **LENIENT_GATES})
     _run("volatility_model", instance)
+    _run("regime", instance)  # its gate applies to `signals` and at bar close alike
     tracker = Tracker(mlflow_uri)
     store = TradingStore(sql_url_for("", project_dir / "artifacts"))
     direction, volatility = "direction.BTCUSDT.4h", "volatility.BTCUSDT.4h"
@@ -57,12 +58,20 @@ def test_signals_from_the_execution_agent_are_traceable(
     assert repeat.output_for_node("serve_new_bars")["rows"] == 0  # no new bar: nothing rewritten
     assert store.read_signals(symbol="BTCUSDT", timeframe="4h").equals(at_close)
 
+    at_close_regime = store.read_predictions(model_name=direction)["regime"].to_list()
     _run("signals", instance)
-    # the asset, computing features on the whole history, agrees with the bar-close row
+    # the asset, computing features and the regime on the whole history, agrees with the
+    # bar-close row: side, size, levels and the regime gate
     same_bar = store.read_signals(symbol="BTCUSDT", timeframe="4h").filter(
         pl.col("timestamp") == at_close["timestamp"][0]
     )
+    same_regime = store.read_predictions(model_name=direction).filter(
+        pl.col("timestamp") == at_close["timestamp"][0]
+    )["regime"]
     print(f"bar-close row: {at_close.select('side', 'prob_up', 'sigma', 'size').row(0)}")
+    print(f"bar-close regime {at_close_regime}, meta {at_close['meta'][0]}")
+    assert at_close_regime == same_regime.to_list() and at_close_regime[0] is not None
+    assert json.loads(same_bar["meta"][0])["gate"] == json.loads(at_close["meta"][0])["gate"]
     for column in ("prob_up", "sigma", "size", "stop_loss", "take_profit"):
         if at_close[column][0] is None:  # flat: no levels
             assert same_bar[column][0] is None

@@ -90,19 +90,27 @@ def register_champions(
             sync_catalog(tracker, store, name)
 
 
+def closed_coarse_bars(base: pl.DataFrame, timeframe: str, higher: str) -> pl.DataFrame:
+    """The `higher` bars resampled from `base` that had closed by the close of its last bar."""
+    last_close = base["timestamp"][-1] + timedelta(seconds=timeframe_seconds(timeframe))
+    return resample_bars(base, higher).filter(
+        pl.col("timestamp") + timedelta(seconds=timeframe_seconds(higher)) <= last_close
+    )
+
+
 def store_bars(
-    root: Path, bars: dict[str, pl.DataFrame], upto: int, timeframe: str, higher: str
+    root: Path,
+    bars: dict[str, pl.DataFrame],
+    upto: int | dict[str, int],
+    timeframe: str,
+    higher: str | tuple[str, ...],
 ) -> None:
-    """Write every symbol's first `upto` bars and the coarser bars closed by then, where the ohlcv
-    asset stores them."""
+    """Write every symbol's first `upto` bars (a count, or one per symbol) and the coarser bars
+    closed by then, where the ohlcv asset stores them."""
     for symbol, frame in bars.items():
-        base = frame.head(upto)
+        base = frame.head(upto if isinstance(upto, int) else upto[symbol])
         folder = root / "ohlcv" / symbol
         folder.mkdir(parents=True, exist_ok=True)
         base.write_parquet(folder / f"{timeframe}.parquet")
-        last_close = base["timestamp"][-1] + timedelta(seconds=timeframe_seconds(timeframe))
-        coarse = resample_bars(base, higher)
-        coarse = coarse.filter(
-            pl.col("timestamp") + timedelta(seconds=timeframe_seconds(higher)) <= last_close
-        )
-        coarse.write_parquet(folder / f"{higher}.parquet")
+        for tf in (higher,) if isinstance(higher, str) else higher:
+            closed_coarse_bars(base, timeframe, tf).write_parquet(folder / f"{tf}.parquet")
