@@ -4,7 +4,9 @@
 and applies the regime gate (lib/bar_close.py), a few minutes after the ohlcv refresh
 (`serving_delay_minutes`). The server, with its loaded models and the stored history it keeps,
 lives as long as the process: runs executed in one process (in-process executor,
-`execute_in_process`, a long-lived worker) load each model and read each unchanged file once.
+`execute_in_process`, a long-lived worker) load each model and read each unchanged file once; a
+run in a fresh process (the daemon's) reads the champions from the local model cache
+(`<artifacts>/serving_cache`, lib/serving_cache.py), from MLflow only after a promotion.
 `agent_preds_retention`: daily, deletes predictions older than `agent_preds_retention_days`."""
 
 from datetime import timedelta
@@ -53,8 +55,10 @@ def serve_new_bars(
     key = (mlflow.tracking_uri, trading_store.url, artifacts.root)
     server = _SERVERS.get(key)
     if server is None:
+        # the tracker is made only for a champion not in the local model cache: a run in a
+        # fresh process then does not import MLflow (seconds)
         server = _SERVERS[key] = BarCloseServer(
-            mlflow.get_tracker(), trading_store.get_store(), artifacts.root
+            mlflow.get_tracker, trading_store.get_store(), artifacts.root
         )
     server.lookback = config.lookback_bars
     server.use_regime_gate = config.use_regime_gate

@@ -8,7 +8,9 @@ and the regime's inputs at every stored bar.
 
 Champions are read from the SQL version catalog (one query for every symbol), which follows the
 registry on every promotion and rollback (lib/catalog.py): a manual promotion is served from the
-next bar on. Features of a new bar are computed from the last `lookback` stored bars: EMA-type
+next bar on. Each champion is loaded from MLflow (hash-verified) once and then from a local cache
+of its servable parts (lib/serving_cache.py), so a run in a fresh process does not download every
+model again. Features of a new bar are computed from the last `lookback` stored bars: EMA-type
 features then equal the full-history values to ~1e-12 (tested); the multi-timeframe snapshot is
 the `features` asset's, the cross-sectional ranks are taken across the symbols served. The
 volatility forecast runs over all stored closes (a linear filter).
@@ -56,12 +58,13 @@ from quant_assets.lib.metrics import up_probability
 from quant_assets.lib.performance import annualization
 from quant_assets.lib.regimes import SLOPE_FEATURE, VOL_FEATURE, RegimeConfig, _rule_regime
 from quant_assets.lib.serving import agent_rows
+from quant_assets.lib.serving_cache import CatalogVersion, ServingCache
 from quant_assets.lib.settings import DEFAULT_TIMEFRAMES
 from quant_assets.lib.signals import resolve_long_threshold, resolve_short_threshold
 from quant_assets.lib.sources.base import OHLCV_COLUMNS, OHLCV_SCHEMA
 from quant_assets.lib.stores import TradingStore, agent_signals, agent_versions
 from quant_assets.lib.timeframes import higher_timeframes, timeframe_delta
-from quant_assets.lib.tracking import ALIAS_CHAMPION, registered_model_name
+from quant_assets.lib.tracking import ALIAS_CHAMPION, ARTIFACT_HASH_TAG, registered_model_name
 from quant_assets.lib.volatility import load_volatility_model, log_returns
 
 #: stored bars the features of a new bar are computed from (EMA seeds decay to < 1e-12 by then)
@@ -109,8 +112,8 @@ class BarCloseReport:
     inputs: pl.DataFrame | None = None
 
 
-def champions_from_catalog(store: TradingStore, names: Iterable[str]) -> dict[str, tuple[str, int]]:
-    """registered name -> (champion version, agent_versions.id), from the catalog in one query."""
+def champions_from_catalog(store: TradingStore, names: Iterable[str]) -> dict[str, CatalogVersion]:
+    """registered name -> its champion version as the catalog names it, in one query."""
     names = list(names)
     with store.engine.connect() as connection:
         rows = connection.execute(
@@ -118,6 +121,8 @@ def champions_from_catalog(store: TradingStore, names: Iterable[str]) -> dict[st
                 agent_versions.c.registered_name,
                 agent_versions.c.version,
                 agent_versions.c.id,
+                agent_versions.c.artifact_uri,
+                agent_versions.c.registered_at,
                 agent_versions.c.aliases,
             ).where(
                 agent_versions.c.registered_name.in_(names),
@@ -125,8 +130,10 @@ def champions_from_catalog(store: TradingStore, names: Iterable[str]) -> dict[st
             )
         ).all()
     return {
-        name: (str(version), int(id_))
-        for name, version, id_, aliases in rows
+        name: CatalogVersion(
+            name, str(version), int(id_), uri, registered.isoformat() if registered else ""
+        )
+        for name, version, id_, uri, registered, aliases in rows
         if ALIAS_CHAMPION in aliases.split(",")
     }
 
@@ -311,6 +318,10 @@ class BarCloseServer:
     """Scores new bars for many symbols; keeps loaded models and stored history for the life of
     the process.
 
+    `tracker`: a Tracker, or a function making one, called on the first champion not in the
+    local model cache (importing MLflow alone takes seconds, which a fresh process serving from
+    the cache does not pay). `model_cache`: that cache (lib/serving_cache.py); by default
+    `<artifacts_root>/serving_cache`, none without `artifacts_root`.
     `read_bars(symbol, timeframe)` returns the stored OHLCV of a partition (None when missing);
     by default the ohlcv asset's Parquet files under `artifacts_root`, re-read only when a file's
     modification time or size changed. `regime`: the regime agent's rules (default RegimeConfig(),
@@ -323,6 +334,7 @@ class BarCloseServer:
         store: TradingStore,
         artifacts_root: str | Path | None = None,
         *,
+        model_cache: ServingCache | None = None,
         read_bars: Callable[[str, str], pl.DataFrame | None] | None = None,
         lookback: int = DEFAULT_LOOKBACK,
         horizon: int = 5,
@@ -336,6 +348,9 @@ class BarCloseServer:
         self.tracker = tracker
         self.store = store
         self.root = Path(artifacts_root) if artifacts_root is not None else None
+        if model_cache is None and self.root is not None:
+            model_cache = ServingCache.under(self.root)
+        self.cache = model_cache
         self.read_bars = read_bars
         self.lookback = lookback
         self.horizon = horizon
@@ -353,7 +368,7 @@ class BarCloseServer:
             )
         self.use_regime_gate = use_regime_gate
         self.snapshot_timeframes = tuple(snapshot_timeframes)
-        self._models: dict[tuple[str, str], Any] = {}
+        self._models: dict[CatalogVersion, Any] = {}
         self._stored: dict[tuple[str, str], _Stored] = {}
         self._history: dict[str, _History] = {}
         self._regime_inputs: dict[tuple[str, str], _RegimeInputs] = {}
@@ -599,42 +614,51 @@ class BarCloseServer:
             self._ppy[key] = annualization(timeframe, annualization_kind(bars, timeframe))
         return self._ppy[key]
 
-    def _model(self, name: str, version: str, loader: Callable[[], Any]) -> Any:
-        key = (name, version)
-        if key not in self._models:
-            self._models[key] = loader()
-        return self._models[key]
+    def _tracker(self) -> Any:
+        if callable(self.tracker):  # made on the first model not in the cache
+            self.tracker = self.tracker()
+        return self.tracker
+
+    def _model(self, champion: CatalogVersion, kind: str) -> Any:
+        """The champion's model ("direction": a LoadedModel, "volatility": a GarchForecaster):
+        kept in this process, else from the local cache when its entry is this version, else
+        loaded and verified from MLflow (and written to the cache)."""
+        if champion in self._models:
+            return self._models[champion]
+        model = self.cache.load(champion, kind) if self.cache is not None else None
+        if model is None:
+            tracker = self._tracker()
+            if kind == "direction":
+                model = tracker.load_model(champion.name, champion.version)
+                recorded = model.tags.get(ARTIFACT_HASH_TAG, "")
+            else:
+                model = load_volatility_model(tracker, champion.name, champion.version)
+                recorded = tracker.version_tags(champion.name, champion.version).get(
+                    ARTIFACT_HASH_TAG, ""
+                )
+            if self.cache is not None:
+                self.cache.store(champion, kind, model, recorded)
+        self._models[champion] = model
+        return model
 
     def _champions(
         self, timeframe: str, symbols: list[str], report: BarCloseReport
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[int, int | None]]]:
-        """Each symbol's direction and volatility champions (loaded once per process) and their
-        catalog ids."""
+        """Each symbol's direction and volatility champions (`_model`) and their catalog ids."""
         direction = {s: registered_model_name(s, timeframe) for s in symbols}
         volatility = {s: registered_model_name(s, timeframe, "volatility") for s in symbols}
         champions = champions_from_catalog(self.store, [*direction.values(), *volatility.values()])
         models, vols, ids = {}, {}, {}
         for symbol in symbols:
-            if direction[symbol] not in champions:
+            champion = champions.get(direction[symbol])
+            if champion is None:
                 report.skipped[symbol] = f"{direction[symbol]} has no champion"
                 continue
-            version, id_ = champions[direction[symbol]]
-            models[symbol] = self._model(
-                direction[symbol],
-                version,
-                lambda n=direction[symbol], v=version: self.tracker.load_model(n, v),
-            )
-            vol_id = None
-            if volatility[symbol] in champions:
-                vversion, vol_id = champions[volatility[symbol]]
-                vols[symbol] = self._model(
-                    volatility[symbol],
-                    vversion,
-                    lambda n=volatility[symbol], v=vversion: load_volatility_model(
-                        self.tracker, n, v
-                    ),
-                )
-            ids[symbol] = (id_, vol_id)
+            models[symbol] = self._model(champion, "direction")
+            vol_champion = champions.get(volatility[symbol])
+            if vol_champion is not None:
+                vols[symbol] = self._model(vol_champion, "volatility")
+            ids[symbol] = (champion.id, vol_champion.id if vol_champion is not None else None)
         return models, vols, ids
 
     # serving ---------------------------------------------------------------------------------
