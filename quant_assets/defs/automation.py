@@ -376,13 +376,16 @@ data_automation_sensor = dg.AutomationConditionSensorDefinition(
 def build_automation(settings: Settings, clock: Clock = wall_clock) -> dict[str, list]:
     """Schedules, sensors and jobs of the automation, for Definitions."""
     from quant_assets.defs.health import model_health
+    from quant_assets.defs.volatility import volatility_model
 
     model_automation_sensor = dg.AutomationConditionSensorDefinition(
         "model_automation",
-        target=dg.AssetSelection.assets(champion, model_health, meta_learner, meta_filter),
+        target=dg.AssetSelection.assets(
+            champion, model_health, meta_learner, meta_filter, volatility_model
+        ),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Promotions after passed gates, the nightly meta-learners and filter, and "
-        "the hourly model-health view.",
+        description="Promotions after passed gates, the nightly meta-learners, filter and "
+        "volatility models, and the hourly model-health view.",
     )
     return {
         "schedules": build_ohlcv_schedules(settings),

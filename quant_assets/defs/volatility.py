@@ -1,12 +1,14 @@
 """`volatility_model` [symbol × timeframe]: the volatility agent. A GARCH(1,1) forecast of the
 standard deviation of returns over the label horizon (lib/volatility.py), evaluated out of fold
 against a naive rolling standard deviation, registered as `volatility.<SYMBOL>.<tf>` (alias
-`challenger`) and promoted to `champion` when its out-of-fold QLIKE is the lower one."""
+`challenger`) and promoted to `champion` when its out-of-fold QLIKE is the lower one. Refitted at
+02:00 UTC by the model_automation sensor once its bars were updated (as the meta-learners)."""
 
 import dagster as dg
 import polars as pl
 
 from quant_assets.defs.batching import each_partition
+from quant_assets.defs.conditions import RETRAINS_NIGHTLY
 from quant_assets.defs.partitions import (
     PARTITION_BATCH,
     symbol_and_timeframe,
@@ -32,6 +34,8 @@ class VolatilityConfig(dg.Config):
     group_name="agents",
     kinds={"mlflow"},
     code_version="1",
+    # refitted nightly on the day's bars, like the meta-learners (model_automation sensor)
+    automation_condition=RETRAINS_NIGHTLY,
 )
 @each_partition
 def volatility_model(

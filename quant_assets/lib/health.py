@@ -257,6 +257,8 @@ def health_table(
     last: dict[tuple[str, str], str] = {}
     if promotions.height:
         for row in promotions.sort("decided_at").iter_rows(named=True):
+            if row["model_name"] != registered_model_name(row["symbol"], row["timeframe"]):
+                continue  # another agent of the partition (volatility, meta-learners)
             last[(row["symbol"], row["timeframe"])] = (
                 f"{row['action']} v{row['version']} {row['decided_at']:%Y-%m-%d %H:%M}"
             )

@@ -110,12 +110,18 @@ class Harness:
                 symbols or list(self.settings.universe),
                 timeframes,
             )
-            wanted = [
-                run
-                for run in plan
-                if run.partition_key is None
-                or any(run.partition_key in requested[k.to_user_string()] for k in run.asset_keys)
-            ]
+            # as the daemon's requests: each run materializes only the assets requested for its
+            # partition (co-requested assets of other partitions do not ride along)
+            wanted = []
+            for run in plan:
+                keys = tuple(
+                    k
+                    for k in run.asset_keys
+                    if run.partition_key is None
+                    or run.partition_key in requested[k.to_user_string()]
+                )
+                if keys:
+                    wanted.append(dataclasses.replace(run, asset_keys=keys))
             outcomes = execute_plan(
                 defs,
                 wanted,

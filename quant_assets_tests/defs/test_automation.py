@@ -164,7 +164,8 @@ def test_retrain_sensor_requests_once_per_reason_with_reasons_as_tags(
     # degradation: the champion's live signals all lost since training -> an alert and a
     # complete retrain at once, requested once
     # `champion` records every evaluation's decision; promoted where the gates passed
-    # (BTCUSDT|1d was rejected and SPY|1d had too little data: kept, no champion)
+    # (BTCUSDT|1d passes the lenient gates too: its hold-out trades short as well as long;
+    # SPY|1d had too little data: kept, no champion)
     assert harness.automate(MODEL_SENSOR)["champion"] == {
         "BTCUSDT|4h",
         "SPY|4h",
@@ -179,7 +180,7 @@ def test_retrain_sensor_requests_once_per_reason_with_reasons_as_tags(
         for t in ("4h", "1d")
         if tracker.aliases(f"direction.{s}.{t}").get("champion")
     }
-    assert promoted == {"BTCUSDT|4h", "SPY|4h"}
+    assert promoted == {"BTCUSDT|4h", "SPY|4h", "BTCUSDT|1d"}
     name = "direction.BTCUSDT.4h"
     version = tracker.aliases(name)["champion"]
     tags = tracker.version_tags(name, version)
@@ -402,7 +403,7 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
     nightly retrain at 02:00 and the weekly complete retrain on Sunday 03:00 tick too. Expected,
     from the rules (min_new_samples=30, gates lenient until Sunday 03:00, then strict):
     Mon 00:05: no models -> 4h v1.0 and 1d v1.0, complete (retrain sensor); 4h promoted, 1d
-      rejected (its hold-out has no trade, so Sortino is undefined).
+      promoted too (lenient gates; its hold-out trades short as well as long).
     Sun 02:00: 30 labelled 4h bars newer than v1.0's data -> 4h v1.1 incremental (nightly),
       promoted. 1d has 6 new bars: nothing.
     Sun 03:00: weekly complete retrain of both -> v2.0 each, rejected by the strict gates: the
@@ -430,6 +431,8 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
         harness.automate(DATA_SENSOR)
         harness.tick_sensor("retrain_sensor")
         harness.automate(MODEL_SENSOR)
+        harness.now += timedelta(seconds=30)  # the next tick sees what those runs materialized
+        harness.automate(MODEL_SENSOR)
         for hour, sensor in ((2, "nightly_retrain"), (3, "weekly_complete_retrain")):
             if (day.weekday(), hour) == (6, 3):  # a stricter risk policy from Sunday 03:00
                 harness.asset_config = {**FAST, **STRICT}
@@ -443,6 +446,16 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
 
     failed = [r for r in harness.launched if r["status"] == "failed"]
     assert not failed, failed
+    # the volatility agent is refitted by model automation once a day for each partition: at the
+    # first tick after 02:00 at which its bars were updated since (on_cron), i.e. after the next
+    # refresh; and a champion serves
+    refits = [r for r in harness.launched if "volatility_model" in r["assets"]]
+    assert {r["by"] for r in refits} == {MODEL_SENSOR}
+    for partition in ("BTCUSDT|4h", "BTCUSDT|1d"):
+        days = [r["at"].date() for r in refits if r["partition"] == partition]
+        assert len(days) >= 6 and len(days) == len(set(days)), (partition, days)
+        assert all((b - a).days == 1 for a, b in zip(days, days[1:], strict=False)), days
+    assert "champion" in tracker.aliases("volatility.BTCUSDT.4h")
     versions = _versions(auto_settings.mlflow_uri, name)
     assert [(v["version_label"], v["retrain_mode"], v["retrain_reasons"]) for v in versions] == [
         ("v1.0", "complete", "no_model"),
@@ -456,10 +469,11 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
         ("v2.0", "scheduled"),
     ]
     assert tracker.aliases(name)["champion"] == "2"
-    assert "champion" not in tracker.aliases("direction.BTCUSDT.1d")
+    assert tracker.aliases("direction.BTCUSDT.1d")["champion"] == "1"
     history = TradingStore(sql_url_for("", auto_settings.artifacts_path)).promotion_history()
-    assert history.sort("id").select("timeframe", "version", "action").rows() == [
-        ("1d", "1", "reject"),
+    direction = history.filter(history["model_name"].str.starts_with("direction."))
+    assert direction.sort("id").select("timeframe", "version", "action").rows() == [
+        ("1d", "1", "promote"),
         ("4h", "1", "promote"),
         ("4h", "2", "promote"),
         ("1d", "2", "reject"),
@@ -487,7 +501,7 @@ def test_simulated_week_retrains_and_promotes_exactly_as_the_rules_say(
     assert four["last_promotion"].startswith("reject v3 ")
     assert four["hit_rate_train"] is not None and four["age_days"] is not None
     daily = health["BTCUSDT|1d"]
-    assert (daily["role"], daily["version"], daily["label"]) == ("challenger", "2", "v2.0")
+    assert (daily["role"], daily["version"], daily["label"]) == ("champion", "1", "v1.0")
     # `champion` records every evaluation's decision (promote or keep), right after it
     decisions = [
         (r["at"].isoformat(), r["partition"])

@@ -79,13 +79,19 @@ def test_health_table_explains_each_partition() -> None:
         version_label="v2.0",
     )
     age = RetrainReason("model_age", "model is 40.00 days old (> 30 days)", "k")
+    # the newest row is the volatility agent's: the direction model's decision is what is shown
     promotions = pl.DataFrame(
         {
-            "decided_at": [T0 - timedelta(days=41), T0 - timedelta(days=40)],
-            "symbol": ["BTCUSDT", "BTCUSDT"],
-            "timeframe": ["4h", "4h"],
-            "action": ["promote", "reject"],
-            "version": ["2", "3"],
+            "decided_at": [
+                T0 - timedelta(days=41),
+                T0 - timedelta(days=40),
+                T0 - timedelta(days=1),
+            ],
+            "model_name": ["direction.BTCUSDT.4h"] * 2 + ["volatility.BTCUSDT.4h"],
+            "symbol": ["BTCUSDT"] * 3,
+            "timeframe": ["4h"] * 3,
+            "action": ["promote", "reject", "promote"],
+            "version": ["2", "3", "7"],
         }
     )
     table = health_table(
