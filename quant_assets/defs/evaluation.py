@@ -3,8 +3,6 @@ hold-out with the same backtest, promotion gates decided, and a blocking check t
 
 import dataclasses
 import json
-import tempfile
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -30,6 +28,7 @@ from quant_assets.lib.performance import annualization
 from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_evidence_png
 from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.scratch import scratch_dir
 from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.sources import source_mismatch
 from quant_assets.lib.splits import split_plan_from_frame
@@ -331,7 +330,7 @@ def _evaluate_partition(
     decision = evaluate_gates(
         metrics["challenger"], metrics.get("champion"), gate_config, selection=selection
     )
-    workdir = Path(tempfile.mkdtemp(prefix="qa_eval_"))
+    workdir = scratch_dir("qa_eval_")
     curves = {
         f"{role} v{record['version'] if role == 'challenger' else champion_version}": r.per_bar.select(
             "timestamp", "equity"

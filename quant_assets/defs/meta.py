@@ -4,7 +4,6 @@ is missing, miscalibrated or broken, and is served only when it passes the champ
 a deflated Sharpe ratio that pays for every variant compared."""
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +48,7 @@ from quant_assets.lib.primary import primary_signals as primary_signal_frame
 from quant_assets.lib.promotion import GateConfig, ensemble_calibration, evaluate_gates
 from quant_assets.lib.regimes import RegimeConfig, regime_summary, regimes
 from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.scratch import scratch_dir
 from quant_assets.lib.signals import resolve_long_threshold
 from quant_assets.lib.tracking import ALIAS_CHAMPION, Tracker, git_commit, registered_model_name
 from quant_assets.lib.trials import compared_selection
@@ -288,7 +288,7 @@ def meta_learner(
     tracker = mlflow.get_tracker()
     holdout_start = report.data["timestamp"][int(report.plan.holdout_idx[0])]
     rows = []
-    workdir = Path(tempfile.mkdtemp(prefix="qa_meta_"))
+    workdir = scratch_dir("qa_meta_")
     summary_csv = workdir / "training_summary.csv"
     report.summary.write_csv(summary_csv)
     for row in report.summary.iter_rows(named=True):
@@ -424,7 +424,7 @@ def meta_filter(
         )
     comparison = filter_report(frame, result)
     tracker = mlflow.get_tracker()
-    workdir = Path(tempfile.mkdtemp(prefix="qa_filter_"))
+    workdir = scratch_dir("qa_filter_")
     png = equity_curve_png(
         {k: v.select("timestamp", "equity") for k, v in comparison.per_bar.items()},
         workdir / "filter_equity_curves.png",
@@ -672,7 +672,7 @@ def ensemble_signals(
         not_applicable=not_applicable,
     )
     selection_metrics = selection.as_metrics(ppy)
-    workdir = Path(tempfile.mkdtemp(prefix="qa_ensemble_"))
+    workdir = scratch_dir("qa_ensemble_")
     png = equity_curve_png(
         {k: v.select("timestamp", "equity") for k, v in comparison.per_bar.items()},
         workdir / "ensemble_equity_curves.png",

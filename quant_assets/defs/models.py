@@ -1,7 +1,6 @@
 """`training_dataset`, `walk_forward_splits` and `challenger_model` [symbol × timeframe], and the
 per-timeframe `global_challenger_model`: every trained model is an MLflow run and a registered version."""
 
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +56,7 @@ from quant_assets.lib.lookback import (
 from quant_assets.lib.model_card import model_card_summary, render_model_card
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.retrain import ModelState, next_version
+from quant_assets.lib.scratch import scratch_dir
 from quant_assets.lib.signals import choose_long_threshold, choose_short_threshold
 from quant_assets.lib.splits import (
     SplitConfig,
@@ -404,7 +404,7 @@ def log_training_run(
         # the short side's threshold, chosen the same way on the same out-of-fold predictions
         short = choose_short_threshold(result.oof["prob_cal"].to_numpy(), oof_ret)
         tags["decision_threshold_short"] = "" if short is None else f"{short:.2f}"
-    workdir = Path(tempfile.mkdtemp(prefix="qa_train_"))
+    workdir = scratch_dir("qa_train_")
     with tracker.run(experiment, run_name, tags) as run_id:
         tracker.log_params(
             run_id,
