@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_gate_table(null))
     for kappa in kappas:
         some = [r for r in planted if r["kappa"] == kappa]
+        if not some:  # --planted 0: the false promotion rate alone
+            continue
         won = sum(r["promote"] for r in some)
         demo = " (the demo's strength)" if kappa == KAPPA else ""
         print(f"\nplanted kappa {kappa}{demo}: power {won} of {len(some)} = {won / len(some):.0%}")
