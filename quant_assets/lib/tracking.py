@@ -193,7 +193,13 @@ class LoadedModel:
         missing = [c for c in self.feature_columns if c not in frame.columns]
         if missing:
             raise KeyError(f"{self.name} v{self.version} needs feature columns {missing}")
-        X = frame.select(pl.col(self.feature_columns).cast(pl.Float64)).to_numpy()
+        return self.predict_matrix(
+            frame.select(pl.col(self.feature_columns).cast(pl.Float64)).to_numpy()
+        )
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """predict_proba of a float feature matrix whose columns are `feature_columns`, in order
+        (bar-close serving scores many symbols' rows without a frame per model)."""
         from quant_assets.lib.metrics import up_probability
 
         # a multi-class model's positive class is "up": its classes above the middle one

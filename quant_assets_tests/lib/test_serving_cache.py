@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_assets.lib.bar_close import BarCloseServer, _model_probabilities, champions_from_catalog
+from quant_assets.lib.bar_close import BarCloseServer, champions_from_catalog
 from quant_assets.lib.catalog import sync_catalog
 from quant_assets.lib.serving_cache import CatalogVersion, ServingCache
 from quant_assets.lib.stores import TradingStore
@@ -68,14 +68,12 @@ def test_a_fresh_server_serves_from_the_cache_without_mlflow(served, mlflow_uri)
         # and on many rows around the served one, so every tree's leaves are reached
         wide = X * np.random.default_rng(0).lognormal(0, 0.5, (2000, X.shape[1]))
         for rows in (X, wide):
-            assert np.array_equal(
-                _model_probabilities(from_cache, rows), _model_probabilities(from_mlflow, rows)
-            )
+            assert np.array_equal(from_cache.predict_matrix(rows), from_mlflow.predict_matrix(rows))
         served_prob = store.read_predictions().filter(
             (pl.col("symbol") == symbol)
             & (pl.col("timestamp") == bars[symbol]["timestamp"][HISTORY])
         )["prob_up"]
-        assert served_prob.to_list() == _model_probabilities(from_mlflow, X).tolist()
+        assert served_prob.to_list() == from_mlflow.predict_matrix(X).tolist()
         vol = f"volatility.{symbol}.1h"
         (vol_mlflow,) = (m for c, m in first._models.items() if c.name == vol)
         (vol_cache,) = (m for c, m in fresh._models.items() if c.name == vol)
@@ -157,7 +155,7 @@ def test_xgboost_and_unsupported_types(tmp_path) -> None:
     cache = ServingCache(tmp_path / "cache")
     assert cache.store(champion, "direction", model, "f" * 64)
     loaded = cache.load(champion, "direction")
-    assert np.array_equal(_model_probabilities(loaded, X), _model_probabilities(model, X))
+    assert np.array_equal(loaded.predict_matrix(X), model.predict_matrix(X))
     other = CatalogVersion("direction.X.1h", "3", 7, "file:///a", "2026-02-01T00:00:00+00:00")
     assert cache.load(other, "direction") is None  # the version was registered again
 
