@@ -31,6 +31,7 @@ from dagster._core.utils import make_new_backfill_id
 
 from quant_assets.defs.daemon import GRPC_TIMEOUT_SECONDS
 from quant_assets.defs.partitions import partition_key
+from quant_assets.lib.processes import pid_alive
 
 TAG_INVOCATION = "quant_assets/invocation"
 #: seconds without a line of progress before the watcher says what it waits for
@@ -61,6 +62,14 @@ concurrency:
     max_concurrent_runs: {run_slots}
   pools:
     default_limit: {run_slots}
+# runs of the serving jobs go to a warm worker process (defs/warm_launcher.py), the rest to a
+# fresh process each as Dagster's DefaultRunLauncher does
+run_launcher:
+  module: quant_assets.defs.warm_launcher
+  class: WarmRunLauncher
+  config:
+    jobs: [serve_bar_close]
+    idle_timeout_seconds: 10800
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
@@ -256,16 +265,6 @@ def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed the runs left STARTED/STARTING/CANCELING by a worker process that no longer
     exists on this machine (killed with SIGKILL, machine restart), and free every pool slot held by
@@ -282,7 +281,7 @@ def reap_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     )
     for run in stuck:
         pid = _run_pid(instance, run.run_id)
-        if pid is None or _pid_alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         instance.report_run_failed(
             run, f"quant-assets: the run's worker process {pid} no longer exists"

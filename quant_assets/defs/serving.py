@@ -3,12 +3,14 @@
 `serve_bar_close`: one run per close of a timeframe scores the newly closed bar of every symbol
 and applies the regime gate (lib/bar_close.py), a few minutes after the ohlcv refresh
 (`serving_delay_minutes`). The server, with its loaded models and the stored history it keeps,
-lives as long as the process: runs executed in one process (in-process executor,
-`execute_in_process`, a long-lived worker) load each model and read each unchanged file once; a
-run in a fresh process (the daemon's) reads the champions from the local model cache
-(`<artifacts>/serving_cache`, lib/serving_cache.py), from MLflow only after a promotion.
+lives as long as the process: runs executed in one process load each model and read each
+unchanged file once. The instance's run launcher hands these runs to such a process, a warm worker
+(defs/warm_launcher.py); a run in a fresh process (`execute_in_process` in a new interpreter, or
+another launcher) reads the champions from the local model cache (`<artifacts>/serving_cache`,
+lib/serving_cache.py), from MLflow only after a promotion.
 `agent_preds_retention`: daily, deletes predictions older than `agent_preds_retention_days`."""
 
+import os
 from datetime import timedelta
 
 import dagster as dg
@@ -20,6 +22,8 @@ from quant_assets.lib.timeframes import refresh_cron
 
 #: one server per (tracking store, trading store, artifacts) in this process: its models stay loaded
 _SERVERS: dict[tuple[str, str, str], object] = {}
+#: closes each of those servers has served in this process (1: a cold process)
+_CLOSES: dict[tuple[str, str, str], int] = {}
 
 
 class BarCloseConfig(dg.Config):
@@ -65,6 +69,7 @@ def serve_new_bars(
     server.regime = RegimeConfig(quantile_window=config.regime_quantile_window)
     symbols = context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME)
     report = server.serve(config.timeframe, symbols, dagster_run_id=context.run_id)
+    _CLOSES[key] = closes = _CLOSES.get(key, 0) + 1
     context.log.info(
         f"{config.timeframe} bar close: {report.rows} rows for {len(report.served)} symbols, "
         f"{len(report.skipped)} skipped; "
@@ -76,6 +81,9 @@ def serve_new_bars(
             "symbols_served": len(report.served),
             "skipped": dg.MetadataValue.json(report.skipped),
             "gated": int((~report.inputs["gate"]).sum()) if report.inputs is not None else 0,
+            # a warm worker (defs/warm_launcher.py) shows the same pid and a growing count
+            "process_pid": os.getpid(),
+            "process_closes_served": closes,
             **{f"seconds_{k}": v for k, v in report.timings.items()},
         }
     )
@@ -84,6 +92,9 @@ def serve_new_bars(
 
 @dg.job(
     description="Bar-close serving of one timeframe (config: timeframe).",
+    # in the process that executes the run (the warm worker) whatever the deployment: one op
+    # across every symbol, latency-bound, its models kept in that process
+    executor_def=dg.in_process_executor,
 )
 def serve_bar_close():
     serve_new_bars()
