@@ -50,8 +50,6 @@ from quant_assets.lib.processes import pid_alive, read_message, send_message
 
 #: run tag: the warm worker that executes the run (`<key>:<pid>:<port>`)
 WARM_WORKER_TAG = "quant_assets/warm_worker"
-#: the environment variable that hands a new worker its secret (never on its command line)
-TOKEN_ENV = "QUANT_ASSETS_WARM_WORKER_TOKEN"
 #: modules a worker imports before it reports ready, so its first run finds them loaded
 DEFAULT_PRELOAD = ("lightgbm", "quant_assets.lib.bar_close", "quant_assets.lib.serving_cache")
 #: seconds one request to a worker may take (they are answered without waiting for a run)
@@ -190,10 +188,6 @@ class WarmRunLauncher(DefaultRunLauncher):
             "quant_assets.defs.warm_worker",
             "--state",
             str(state_path),
-            "--origin",
-            serialize_value(repository_origin),
-            "--instance-ref",
-            serialize_value(self._instance.get_ref()),
             "--idle-timeout",
             str(self._idle_timeout),
             "--preload",
@@ -201,17 +195,26 @@ class WarmRunLauncher(DefaultRunLauncher):
             "--parent-pid",
             str(os.getpid()),
         ]
+        # the instance reference can hold a storage password and the secret is the worker's own:
+        # both go through its stdin, never its command line or environment
+        handover = {
+            "token": token,
+            "origin": serialize_value(repository_origin),
+            "instance_ref": serialize_value(self._instance.get_ref()),
+        }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 cmd,
                 cwd=cwd,
-                env={**os.environ, TOKEN_ENV: token},
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # not killed with the daemon's process group
             )
+        with contextlib.suppress(BrokenPipeError):  # it died at once: its log says why below
+            process.stdin.write((json.dumps(handover) + "\n").encode())
+            process.stdin.close()
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
             state = read_state(state_path)

@@ -148,7 +148,8 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                     time.sleep(0.02)
                 terminated = launcher.terminate(second)
                 assert wait_for_run(instance, first).status == dg.DagsterRunStatus.SUCCESS
-                ended = wait_for_run(instance, second).status
+                # promptly: not by monitoring's 60-s cancel timeout
+                ended = wait_for_run(instance, second, timeout=20).status
                 print(f"terminate -> {terminated}, run {ended}")
                 assert ended == (
                     dg.DagsterRunStatus.CANCELED if terminated else dg.DagsterRunStatus.SUCCESS
@@ -161,6 +162,12 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                 state_file = next((home / "warm_workers").glob("*.json"))
                 assert read_state(state_file)["pid"] == third_pid
                 assert oct(state_file.stat().st_mode & 0o777) == "0o600"  # it holds the secret
+                # which is not on the worker's command line or in its environment, nor is the
+                # instance reference (a storage password would be in it)
+                token = read_state(state_file)["token"].encode()
+                for part in ("cmdline", "environ"):
+                    exposed = Path(f"/proc/{third_pid}/{part}").read_bytes()
+                    assert token not in exposed and b"InstanceRef" not in exposed
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)

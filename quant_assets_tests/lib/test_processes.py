@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from quant_assets.lib.processes import pid_alive, read_message, send_message
 
@@ -22,7 +23,8 @@ def test_a_zombie_child_is_not_alive_and_a_running_one_is() -> None:
     assert pid_alive(os.getpid())
     # an exited child not yet waited for: a zombie to `kill -0`, dead to pid_alive
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
-    while open(f"/proc/{exited.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    stat = Path(f"/proc/{exited.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
         time.sleep(0.01)
     os.kill(exited.pid, 0)  # does not raise
     assert not pid_alive(exited.pid)
