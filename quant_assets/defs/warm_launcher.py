@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -172,12 +173,13 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def _start_worker(self, key: str, repository_origin) -> dict:
         state_path, _, log_path = self._paths(key)
-        with contextlib.suppress(FileNotFoundError):
-            old = read_state(state_path)
-            if old and pid_alive(int(old["pid"])):
-                # a stale worker (code changed) finishing its last run: it exits on its own
-                pass
-            state_path.unlink()
+        old = read_state(state_path)
+        if old and "port" in old and pid_alive(int(old["pid"])):
+            # ready once, alive, and not answering a ping: stop it (a stale worker answers, and
+            # leaves on its own once its last run is done)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(old["pid"]), signal.SIGTERM)
+        state_path.unlink(missing_ok=True)
         token = secrets.token_hex(16)
         executable = repository_origin.executable_path or sys.executable
         pointer = repository_origin.code_pointer
@@ -245,7 +247,8 @@ class WarmRunLauncher(DefaultRunLauncher):
                 try:
                     reply = request(state, {"op": "launch", "run_id": run.run_id})
                 except (OSError, WarmWorkerError, ValueError) as exc:
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    # it died between the ping and the launch: start another
+                    reply = {"ok": False, "stale": True, "error": f"{type(exc).__name__}: {exc}"}
             if reply.get("ok"):
                 return state
             if attempt == 1 or not reply.get("stale"):
@@ -342,8 +345,6 @@ class WarmRunLauncher(DefaultRunLauncher):
     def stop_workers(self, timeout: float = 30.0) -> list[int]:
         """Stop every warm worker of this instance (SIGTERM; a run in progress is interrupted).
         Returns their pids."""
-        import signal
-
         stopped = []
         if not self.workers_dir.exists():
             return stopped
