@@ -161,6 +161,8 @@ class WarmRunLauncher(DefaultRunLauncher):
     # ------------------------------------------------------------------ launching
 
     def _live_state(self, key: str) -> dict | None:
+        """The state of the worker that takes runs, or None. A worker that is alive but does not
+        answer is stopped; a stale one (its code changed) leaves on its own after its last run."""
         state_path, _, _ = self._paths(key)
         state = read_state(state_path)
         if not state or "port" not in state or not pid_alive(int(state["pid"])):
@@ -168,18 +170,14 @@ class WarmRunLauncher(DefaultRunLauncher):
         try:
             reply = request(state, {"op": "ping"}, timeout=3.0)
         except (OSError, WarmWorkerError, ValueError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(state["pid"]), signal.SIGTERM)
             return None
         return state if reply.get("ok") and not reply.get("stale") else None
 
     def _start_worker(self, key: str, repository_origin) -> dict:
         state_path, _, log_path = self._paths(key)
-        old = read_state(state_path)
-        if old and "port" in old and pid_alive(int(old["pid"])):
-            # ready once, alive, and not answering a ping: stop it (a stale worker answers, and
-            # leaves on its own once its last run is done)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(old["pid"]), signal.SIGTERM)
-        state_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)  # the old worker's, if any: it no longer takes runs
         token = secrets.token_hex(16)
         executable = repository_origin.executable_path or sys.executable
         pointer = repository_origin.code_pointer

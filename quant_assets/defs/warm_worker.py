@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import hmac
 import importlib
 import importlib.util
 import json
@@ -102,7 +103,7 @@ class Worker:
                     send_message(conn, reply)
 
     def handle(self, message: dict) -> dict:
-        if message.get("token") != self.token:
+        if not hmac.compare_digest(str(message.get("token", "")), self.token):
             return {"ok": False, "error": "bad token"}
         op, run_id = message.get("op"), message.get("run_id")
         with self.cond:
@@ -310,6 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(args, handover)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
+    # While a run executes, Dagster's interrupt handling replaces these handlers and turns SIGTERM
+    # into that run's interruption only; the signal's number still reaches the wakeup fd, where a
+    # thread sees it and stops the worker too. (Blocking SIGTERM instead would be inherited by
+    # every child process, Dagster's log tailers included, which could then not be terminated.)
+    wake_read, wake_write = socket.socketpair()
+    wake_write.setblocking(False)
+    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+
+    def watch_signals() -> None:
+        while data := wake_read.recv(64):
+            if signal.SIGTERM in data:
+                log.info("SIGTERM: stopping")
+                worker.stop()
+
+    threading.Thread(target=watch_signals, name="signals", daemon=True).start()
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", 0))

@@ -123,6 +123,8 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                 while pid_alive(worker_pid) and time.monotonic() < deadline:
                     time.sleep(0.2)
                 assert not pid_alive(worker_pid)
+                log = next((home / "warm_workers").glob("*.log")).read_text()
+                assert f"warm worker {worker_pid} INFO exiting: its code changed on disk" in log
 
                 # killed with SIGKILL: its run is reported failed by monitoring's health check,
                 # and the next close starts a worker again
@@ -159,6 +161,16 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                 assert _started_pid(instance, last.run_id) == third_pid
                 assert meta["process_closes_served"] >= 3
 
+                # SIGTERM (a supervisor, `stop_workers`): it leaves, its state file with it
+                state_file = next((home / "warm_workers").glob("*.json"))
+                os.kill(third_pid, signal.SIGTERM)
+                deadline = time.monotonic() + 30
+                while pid_alive(third_pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert not pid_alive(third_pid) and not state_file.exists()
+                fourth, _ = close(507)
+                third_pid = _started_pid(instance, fourth.run_id)  # the worker the rest checks
+
                 state_file = next((home / "warm_workers").glob("*.json"))
                 assert read_state(state_file)["pid"] == third_pid
                 assert oct(state_file.stat().st_mode & 0o777) == "0o600"  # it holds the secret
@@ -179,5 +191,6 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
     assert not state or not pid_alive(state["pid"])
     assert not state_file.exists()
     log = next((home / "warm_workers").glob("*.log")).read_text()
-    assert "exited" in log and "bad token" not in log
+    assert f"warm worker {third_pid} INFO exiting: the process that started it" in log
+    assert "bad token" not in log
     print(json.dumps({"worker_pids": [worker_pid, second_pid, third_pid]}))
