@@ -62,14 +62,16 @@ concurrency:
     max_concurrent_runs: {run_slots}
   pools:
     default_limit: {run_slots}
-# runs of the serving jobs go to a warm worker process (defs/warm_launcher.py), the rest to a
-# fresh process each as Dagster's DefaultRunLauncher does
+# runs execute in warm worker processes that keep the code and libraries loaded
+# (defs/warm_launcher.py): the serving jobs in one of their own, every other run in one of
+# {run_slots} pipeline workers (one per run slot)
 run_launcher:
   module: quant_assets.defs.warm_launcher
   class: WarmRunLauncher
   config:
     jobs: [serve_bar_close]
     idle_timeout_seconds: 10800
+    pipeline_workers: {run_slots}
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180

@@ -1,26 +1,30 @@
-"""The instance's run launcher: runs of the serving jobs go to a warm worker process, every other
-run to Dagster's DefaultRunLauncher (a fresh process per run, spawned by the code server).
+"""The instance's run launcher: runs execute in warm worker processes that have the code location
+and the heavy libraries loaded already, instead of a fresh process per run spawned by the code
+server (Dagster's DefaultRunLauncher, still used with `pipeline_workers: 0` for other runs).
 
-A run per bar close in a fresh process pays about 11 s before it scores anything (interpreter,
-definitions, LightGBM with SciPy and scikit-learn, exit; docs/field-notes.md): more than the
-5 s a bar-close run may take. The warm worker (`quant_assets.defs.warm_worker`) is a long-lived
-process that has loaded the code location and the serving libraries once, keeps the bar-close
-server's models and histories between runs, and executes each run it is handed in its own process
-with Dagster's run machinery (the same `_run_in_subprocess` the code server's run processes use):
-the run is an ordinary Dagster run (queued by the coordinator, launched here, its events, logs,
-status and cancellation in the instance and the UI), executed without the process start.
+A new run process pays about 11 s under load before it computes anything (interpreter,
+definitions, MLflow, LightGBM with SciPy and scikit-learn, exit; docs/field-notes.md): more than
+the 5 s a bar-close run may take, and most of the pipeline's overhead over calling the library. A
+warm worker (`quant_assets.defs.warm_worker`) is a long-lived process that executes the runs it is
+handed one after another with Dagster's run machinery (`core_execute_run`, the engine events and
+termination of a code server's run process): each run is an ordinary Dagster run (queued by the
+coordinator, launched here, its events, logs, status and cancellation in the instance and the UI).
+Two lanes: the serving jobs (`jobs`) in a worker of their own, which also keeps the bar-close
+server's models and histories between closes and never waits behind a training run; every other
+run in one of `pipeline_workers` workers (one per run slot; an idle one is chosen, else one is
+started, else the least loaded).
 
-One worker per instance and code location, started on the first launch; it exits after
-`idle_timeout_seconds` without a run, when the process that launched it (the daemon) has exited,
-or, when the code location's files change, at the next launch (which starts a fresh one). Its address and pid are tagged on each run it executes
-(`quant_assets/warm_worker`); run monitoring asks it about its runs (`check_run_worker_health`),
-and a run whose worker is gone is marked failed. The worker's log:
+Workers are started on the first launch that needs them; each exits after `idle_timeout_seconds`
+without a run, when the process that launched it (the daemon) has exited, or, when the code
+location's files change, after its last run (the next launch starts a fresh one). Its key, pid and
+port are tagged on each run it executes (`quant_assets/warm_worker`); run monitoring asks it about
+its runs (`check_run_worker_health`), and a run whose worker is gone is marked failed. Logs:
 `<instance root>/warm_workers/<key>.log`.
 
     run_launcher:
       module: quant_assets.defs.warm_launcher
       class: WarmRunLauncher
-      config: {jobs: [serve_bar_close], idle_timeout_seconds: 10800}
+      config: {jobs: [serve_bar_close], idle_timeout_seconds: 10800, pipeline_workers: 2}
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ from quant_assets.lib.processes import pid_alive, read_message, send_message
 WARM_WORKER_TAG = "quant_assets/warm_worker"
 #: modules a worker imports before it reports ready, so its first run finds them loaded
 DEFAULT_PRELOAD = ("lightgbm", "quant_assets.lib.bar_close", "quant_assets.lib.serving_cache")
+#: what a pipeline worker imports before it reports ready (what training and evaluation steps use)
+PIPELINE_PRELOAD = ("lightgbm", "sklearn.isotonic", "mlflow", "matplotlib.pyplot")
 #: seconds one request to a worker may take (they are answered without waiting for a run)
 REQUEST_TIMEOUT_SECONDS = 10.0
 
@@ -105,12 +111,18 @@ class WarmRunLauncher(DefaultRunLauncher):
         idle_timeout_seconds: int = 10800,
         start_timeout_seconds: int = 180,
         preload_modules: list[str] | None = None,
+        pipeline_workers: int = 0,
+        pipeline_preload_modules: list[str] | None = None,
     ):
         super().__init__(inst_data=inst_data)
         self._jobs = frozenset(jobs if jobs is not None else ["serve_bar_close"])
         self._idle_timeout = int(idle_timeout_seconds)
         self._start_timeout = float(start_timeout_seconds)
         self._preload = list(preload_modules if preload_modules is not None else DEFAULT_PRELOAD)
+        self._pipeline_workers = max(0, int(pipeline_workers))
+        self._pipeline_preload = list(
+            pipeline_preload_modules if pipeline_preload_modules is not None else PIPELINE_PRELOAD
+        )
 
     @classmethod
     def config_type(cls):
@@ -139,6 +151,19 @@ class WarmRunLauncher(DefaultRunLauncher):
                 default_value=list(DEFAULT_PRELOAD),
                 description="Modules a new worker imports before it takes its first run.",
             ),
+            "pipeline_workers": Field(
+                int,
+                is_required=False,
+                default_value=0,
+                description="Warm workers for the runs of every other job (the pipeline's "
+                "backfills); 0: a fresh process per run, as DefaultRunLauncher.",
+            ),
+            "pipeline_preload_modules": Field(
+                Array(str),
+                is_required=False,
+                default_value=list(PIPELINE_PRELOAD),
+                description="Modules a new pipeline worker imports before its first run.",
+            ),
         }
 
     @classmethod
@@ -155,27 +180,55 @@ class WarmRunLauncher(DefaultRunLauncher):
         d = self.workers_dir
         return d / f"{key}.json", d / f"{key}.lock", d / f"{key}.log"
 
+    def lane(self, run: DagsterRun) -> str | None:
+        """ "serving" (the serving jobs: one worker of their own, never behind a training run),
+        "pipeline" (every other run, when pipeline workers are configured), or None (Dagster's
+        DefaultRunLauncher)."""
+        if run.job_code_origin is None:
+            return None
+        if run.job_name in self._jobs:
+            return "serving"
+        return "pipeline" if self._pipeline_workers else None
+
     def is_warm(self, run: DagsterRun) -> bool:
-        return run.job_name in self._jobs and run.job_code_origin is not None
+        return self.lane(run) is not None
 
     # ------------------------------------------------------------------ launching
 
-    def _live_state(self, key: str) -> dict | None:
-        """The state of the worker that takes runs, or None. A worker that is alive but does not
-        answer is stopped; a stale one (its code changed) leaves on its own after its last run."""
+    def _live_state(self, key: str) -> tuple[dict | None, int]:
+        """The state of the worker that takes runs and its load (running + queued runs), or None.
+        A worker that is alive but does not answer is stopped; a stale one (its code changed)
+        leaves on its own after its last run."""
         state_path, _, _ = self._paths(key)
         state = read_state(state_path)
         if not state or "port" not in state or not pid_alive(int(state["pid"])):
-            return None
+            return None, 0
         try:
             reply = request(state, {"op": "ping"}, timeout=3.0)
         except (OSError, WarmWorkerError, ValueError):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(state["pid"]), signal.SIGTERM)
-            return None
-        return state if reply.get("ok") and not reply.get("stale") else None
+            return None, 0
+        if not reply.get("ok") or reply.get("stale"):
+            return None, 0
+        return state, int(reply.get("current") is not None) + int(reply.get("queued", 0))
 
-    def _start_worker(self, key: str, repository_origin) -> dict:
+    def _pick(self, keys: list[str]) -> tuple[str, dict | None]:
+        """An idle live worker, else a slot without one (to start), else the least loaded."""
+        free, best = None, None
+        for key in keys:
+            state, load = self._live_state(key)
+            if state is None:
+                free = free or key
+            elif load == 0:
+                return key, state
+            elif best is None or load < best[2]:
+                best = (key, state, load)
+        if free is not None or best is None:
+            return free or keys[0], None
+        return best[0], best[1]
+
+    def _start_worker(self, key: str, repository_origin, preload: list[str]) -> dict:
         state_path, _, log_path = self._paths(key)
         state_path.unlink(missing_ok=True)  # the old worker's, if any: it no longer takes runs
         token = secrets.token_hex(16)
@@ -191,7 +244,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             "--idle-timeout",
             str(self._idle_timeout),
             "--preload",
-            ",".join(self._preload),
+            ",".join(preload),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -235,18 +288,29 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def _hand_over(self, run: DagsterRun) -> dict:
         origin = run.job_code_origin.repository_origin  # type: ignore[union-attr]
-        key = worker_key(origin)
-        _, lock_path, _ = self._paths(key)
+        base = worker_key(origin)
+        if self.lane(run) == "serving":
+            keys, preload = [base], self._preload
+        else:
+            keys = [f"{base}-p{i}" for i in range(self._pipeline_workers)]
+            preload = self._pipeline_preload
         for attempt in range(2):
-            with locked(lock_path):
-                state = self._live_state(key) or self._start_worker(key, origin)
-                address = f"{key}:{state['pid']}:{state['port']}"
-                self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: address})
-                try:
-                    reply = request(state, {"op": "launch", "run_id": run.run_id})
-                except (OSError, WarmWorkerError, ValueError) as exc:
-                    # it died between the ping and the launch: start another
-                    reply = {"ok": False, "stale": True, "error": f"{type(exc).__name__}: {exc}"}
+            with locked(self.workers_dir / f"{keys[0]}.lane"):
+                key, state = self._pick(keys)
+                with locked(self._paths(key)[1]):  # the worker retires under this lock
+                    if state is None:
+                        state = self._start_worker(key, origin, preload)
+                    address = f"{key}:{state['pid']}:{state['port']}"
+                    self._instance.add_run_tags(run.run_id, {WARM_WORKER_TAG: address})
+                    try:
+                        reply = request(state, {"op": "launch", "run_id": run.run_id})
+                    except (OSError, WarmWorkerError, ValueError) as exc:
+                        # it died between the ping and the launch: start another
+                        reply = {
+                            "ok": False,
+                            "stale": True,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
             if reply.get("ok"):
                 return state
             if attempt == 1 or not reply.get("stale"):

@@ -1,6 +1,6 @@
 """The warm worker: a long-lived process that executes, one after another, the runs that
-`WarmRunLauncher` hands it (defs/warm_launcher.py), with the code location and the serving
-libraries loaded once, so a bar-close run does not pay a process start.
+`WarmRunLauncher` hands it (defs/warm_launcher.py), with the code location and the libraries its
+runs use loaded once, so a run does not pay a process start.
 
     python -m quant_assets.defs.warm_worker --state FILE [--idle-timeout SECONDS]
         [--preload mod1,mod2] [--parent-pid PID]
@@ -109,7 +109,13 @@ class Worker:
         with self.cond:
             stale = op in ("ping", "launch") and code_stamp(self.module) != self.stamp
             if op == "ping":
-                return {"ok": True, "pid": os.getpid(), "stale": stale, "current": self.current}
+                return {
+                    "ok": True,
+                    "pid": os.getpid(),
+                    "stale": stale,
+                    "current": self.current,
+                    "queued": len(self.queue),
+                }
             if op == "launch":
                 if stale or self.stopping:
                     why = "its code changed on disk" if stale else "it is stopping"

@@ -30,6 +30,8 @@ def test_the_embedded_instance_launches_serving_runs_warm(tmp_path: Path) -> Non
         assert isinstance(launcher, WarmRunLauncher)
         assert launcher.supports_check_run_worker_health
         assert launcher.workers_dir == tmp_path / "warm_workers"
+        # serving in a worker of its own, every other run in one of a worker per run slot
+        assert launcher._jobs == {"serve_bar_close"} and launcher._pipeline_workers == 2
 
         # a run of another job is Dagster's DefaultRunLauncher's: monitoring leaves it alone
         other = create_run_for_test(instance, job_name="ohlcv_refresh")
@@ -68,3 +70,6 @@ def test_launcher_settings_come_from_the_instance_config(tmp_path: Path) -> None
         launcher = instance.run_launcher
         assert launcher._jobs == {"serve_bar_close", "agent_preds_retention"}
         assert launcher._idle_timeout == 60 and launcher._preload == ["numpy"]
+        assert launcher._pipeline_workers == 0  # the default: other runs as DefaultRunLauncher
+        other = create_run_for_test(instance, job_name="ohlcv_refresh")
+        assert launcher.lane(other) is None
