@@ -6,7 +6,8 @@ parallel) against the same computations called directly from `quant_assets.lib` 
 
 Pipeline: `quant-assets symbols add` then `quant-assets materialize --select '*'` in a fresh
 directory (SQLite instance, MLflow store, synthetic source ending --years after 2023-01-01).
-Measured: wall time, CPU-seconds of the whole process tree (CLI, daemon, code server, runs),
+Measured: wall time, CPU-seconds of the whole process tree (CLI, daemon, code server, warm run
+workers or run processes; sampled per process every 0.5 s, workers followed after they leave it),
 CPU utilization overall and during the training stage (the window in which runs containing
 `challenger_model` were running, from /proc/stat: this machine must be otherwise idle), and the
 peak summed RSS of the process tree. Reference: per partition, features with the multi-timeframe
@@ -44,13 +45,17 @@ def universe(n: int) -> list[str]:
 
 
 class Sampler(threading.Thread):
-    """Every 0.5 s: machine-wide busy CPU (from /proc/stat) and the summed RSS of a process tree."""
+    """Every 0.5 s: machine-wide busy CPU (from /proc/stat), the summed RSS of a process tree, and
+    the CPU time of every process ever seen in it, followed by pid after it leaves the tree (the
+    warm run workers outlive the daemon that started them by a second or two and are then
+    reparented: `RUSAGE_CHILDREN` never sees their CPU)."""
 
     def __init__(self, root_pid: int) -> None:
         super().__init__(daemon=True)
         self.root = root_pid
         self.samples: list[tuple[float, float]] = []  # (time, busy cores since the last sample)
         self.peak_rss = 0
+        self.cpu_ticks: dict[int, tuple[float, int]] = {}  # pid -> (start time, utime + stime)
         self.done = threading.Event()
 
     @staticmethod
@@ -59,29 +64,52 @@ class Sampler(threading.Thread):
         idle = fields[3] + fields[4]
         return sum(fields) - idle, sum(fields)
 
-    def _tree_rss(self) -> int:
+    def _scan(self) -> int:
+        """The tree's summed RSS; records the CPU ticks of its processes and of those seen before."""
         children: dict[int, list[int]] = {}
         rss: dict[int, int] = {}
+        ticks: dict[int, tuple[float, int]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
-                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                fields = stat.rsplit(")", 1)[1].split()
                 pages = int(Path(f"/proc/{entry}/statm").read_text().split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            children.setdefault(parent, []).append(int(entry))
-            rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+            pid = int(entry)
+            children.setdefault(int(fields[1]), []).append(pid)
+            rss[pid] = pages * os.sysconf("SC_PAGE_SIZE")
+            # (process start time, utime + stime): the start time tells a reused pid apart
+            ticks[pid] = (float(fields[19]), int(fields[11]) + int(fields[12]))
         total, stack = 0, [self.root]
         while stack:
             pid = stack.pop()
             total += rss.get(pid, 0)
+            if pid in ticks:
+                self.cpu_ticks[pid] = ticks[pid]
             stack.extend(children.get(pid, []))
+        for pid, (start, _) in list(self.cpu_ticks.items()):
+            if pid in ticks and ticks[pid][0] == start:
+                self.cpu_ticks[pid] = ticks[pid]
         return total
 
+    def alive(self) -> int:
+        """Processes seen in the tree that still run."""
+        count = 0
+        for pid, (start, _) in self.cpu_ticks.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            count += float(fields[19]) == start and fields[0] != "Z"
+        return count
+
+    def cpu_seconds(self) -> float:
+        return sum(t for _, t in self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
+
     def run(self) -> None:
-        ticks = os.sysconf("SC_CLK_TCK")
         busy0, total0 = self._cpu()
         while not self.done.wait(0.5):
             busy, total = self._cpu()
@@ -89,8 +117,8 @@ class Sampler(threading.Thread):
             share = (busy - busy0) / max(total - total0, 1e-9)
             self.samples.append((time.time(), share * cores))
             busy0, total0 = busy, total
-            self.peak_rss = max(self.peak_rss, self._tree_rss())
-        del ticks
+            self.peak_rss = max(self.peak_rss, self._scan())
+        self._scan()
 
     def utilization(self, start: float, end: float) -> float:
         inside = [c for t, c in self.samples if start <= t <= end]
@@ -120,13 +148,19 @@ def run_pipeline(symbols: list[str], timeframes: list[str], end: str, workdir: P
     sampler.start()
     output = process.communicate()[0]
     wall = time.time() - started
+    deadline = time.time() + 30  # the warm workers leave a few seconds after the daemon
+    while sampler.alive() and time.time() < deadline:
+        time.sleep(0.5)
     sampler.done.set()
     sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         print(output[-4000:])
         raise SystemExit(f"the pipeline failed (exit {process.returncode})")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # every process of the tree, sampled (at most 0.5 s of a process that ends between two
+    # samples is missed), and never less than what the waited-for children report
+    cpu = max(sampler.cpu_seconds(), waited)
 
     import dagster as dg
 
