@@ -79,3 +79,25 @@ def wait_for_run(instance: dg.DagsterInstance, run_id: str, timeout: float = 300
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run_id} still {run.status if run else 'missing'}")
         time.sleep(poll)
+
+
+def stop_daemon(daemon, log_path, timeout: float = 90.0) -> float:
+    """SIGTERM a `quant_assets.defs.daemon` process and wait for it; seconds it took. When it does
+    not exit in time, its threads' stacks (SIGUSR1, faulthandler) and the tail of its log are in the
+    error, and its process group is killed."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        daemon.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
+        tail = Path(log_path).read_text(errors="replace")[-12000:]
+        raise AssertionError(f"the daemon did not stop within {timeout:.0f} s:\n{tail}") from None
+    return time.monotonic() - started

@@ -3,6 +3,7 @@ run-queue and run-monitoring daemons (no schedules or sensors, so nothing but th
 runs), on the instance in DAGSTER_HOME, loading the code location from `quant_assets.definitions`.
 
     python -m quant_assets.defs.daemon        # stops cleanly on SIGINT / SIGTERM
+    kill -USR1 <pid>                          # prints every thread's stack to its log
 
 The backfill daemon normally looks for work every 30 s; a backfill of a pipeline waits for that
 between every stage, so this process runs the loop every `BACKFILL_LOOP_SECONDS` (the constant the
@@ -11,6 +12,7 @@ loop reads is Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, read when the loop st
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -24,6 +26,30 @@ DAEMON_TYPES = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING")
 #: Dagster reads it when its gRPC client is imported, so the CLI sets it in this process's
 #: environment (ExecutionDaemon).
 GRPC_TIMEOUT_SECONDS = "300"
+#: seconds the daemon may take to stop after SIGTERM: Dagster joins each daemon thread for up to
+#: 30 s and then shuts the code server down; past this, every thread's stack goes to the log and
+#: the process exits (code 3). Its state is in the instance: runs it left are for run monitoring.
+STOP_GRACE_SECONDS = 25.0
+
+
+def _stop_watchdog(grace: float) -> None:
+    """After `grace` seconds, dump every thread's stack and exit the process."""
+    import threading
+
+    def expire() -> None:
+        print(f"the daemon did not stop within {grace:.0f} s of SIGTERM; its threads:", flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stdout.flush()
+        os._exit(3)
+
+    timer = threading.Timer(grace, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def _on_sigterm(*_) -> None:
+    _stop_watchdog(STOP_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main() -> int:
@@ -34,9 +60,11 @@ def main() -> int:
     from dagster._utils.interrupts import capture_interrupts
 
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = BACKFILL_LOOP_SECONDS
+    # a daemon that does not stop can say where each of its threads is
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # SIGTERM (from the CLI or a supervisor) stops the daemon like Ctrl-C: threads wind down,
     # the code server is shut down, heartbeats stop
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     target = ModuleTarget(
         module_name="quant_assets.definitions",
         attribute="defs",

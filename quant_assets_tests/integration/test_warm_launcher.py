@@ -26,7 +26,7 @@ from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.lib.bars_factory import make_bars
 from quant_assets_tests.lib.serving_factory import register_champions, store_bars
-from quant_assets_tests.scheduled_runs import code_location, submit_run, wait_for_run
+from quant_assets_tests.scheduled_runs import code_location, stop_daemon, submit_run, wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,7 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
     register_champions(Tracker(mlflow_uri), store, SYMBOLS, bars["AAA"], "1h", "4h")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "quant_assets.defs.daemon"],
+        env={**os.environ, "QUANT_ASSETS_DAEMON_LOG_LEVEL": "info"},
         stdout=open(project_dir / "daemon.log", "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -181,8 +182,7 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                     exposed = Path(f"/proc/{third_pid}/{part}").read_bytes()
                     assert token not in exposed and b"InstanceRef" not in exposed
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        print(f"daemon stopped in {stop_daemon(daemon, project_dir / 'daemon.log'):.1f} s")
     # the daemon that started it has exited: the worker leaves
     deadline = time.monotonic() + 30
     state = read_state(state_file)
