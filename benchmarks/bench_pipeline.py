@@ -146,7 +146,12 @@ def run_pipeline(symbols: list[str], timeframes: list[str], end: str, workdir: P
     )  # fmt: skip
     sampler = Sampler(process.pid)
     sampler.start()
-    output = process.communicate()[0]
+    lines = []
+    for line in process.stdout:  # the CLI's progress, echoed as it comes (stderr)
+        lines.append(line)
+        print(f"  | {line}", end="", file=sys.stderr, flush=True)
+    process.wait()
+    output = "".join(lines)
     wall = time.time() - started
     deadline = time.time() + 30  # the warm workers leave a few seconds after the daemon
     while sampler.alive() and time.time() < deadline:
