@@ -66,14 +66,21 @@ def _on_sigterm(*_) -> None:
 
 
 def settle_signature(instance) -> tuple[tuple, int, bool]:
-    """What a backfill iteration waits for: the backfills to act on (requested, canceling), the
-    number of finished runs, and whether any run is in flight."""
+    """What a backfill iteration waits for: the backfills to act on (requested, canceling, failing:
+    the statuses Dagster's iteration reads), the number of finished runs, and whether any run is
+    in flight."""
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
     from dagster._core.storage.dagster_run import FINISHED_STATUSES, IN_PROGRESS_RUN_STATUSES
 
     backfills = instance.get_backfills(
-        filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING])
+        filters=BulkActionsFilter(
+            statuses=[
+                BulkActionStatus.REQUESTED,
+                BulkActionStatus.CANCELING,
+                BulkActionStatus.FAILING,
+            ]
+        )
     )
     finished = instance.get_runs_count(dg.RunsFilter(statuses=list(FINISHED_STATUSES)))
     in_flight = instance.get_runs_count(
@@ -126,8 +133,8 @@ def settled_backfill_daemon(instance):
                     stored = latest
                 due = signature != last or not signature[2]
                 quiet = now - stored_at >= SETTLE_QUIET_SECONDS
-                # a cancellation is acted on at once
-                canceling = any(status == "CANCELING" for _, status in signature[0])
+                # a cancellation (by a user, or after a failed run) is acted on at once
+                canceling = any(status in ("CANCELING", "FAILING") for _, status in signature[0])
                 stale = now - last_at >= SETTLE_MAX_SECONDS  # a look now and then, when quiet
                 if (
                     (due or stale) and (quiet or canceling)

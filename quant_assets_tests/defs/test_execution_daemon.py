@@ -80,6 +80,9 @@ def test_the_backfill_daemon_iterates_when_a_run_finishes_or_a_backfill_changes(
         assert requested[0] == ((backfill_id, "REQUESTED"),)
         instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
         assert settle_signature(instance)[0] == ((backfill_id, "CANCELING"),)
+        # a run of it failed: Dagster cancels the rest of it (FAILING), also acted on at once
+        instance.update_backfill(backfill.with_status(BulkActionStatus.FAILING))
+        assert settle_signature(instance)[0] == ((backfill_id, "FAILING"),)
         instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
         assert settle_signature(instance)[0] == ()
 
