@@ -158,7 +158,7 @@ def _daemon(home: Path, env: dict[str, str]):
     from quant_assets.defs.backfills import instance_yaml
     from quant_assets_tests.scheduled_runs import code_location
 
-    (home / "dagster.yaml").write_text(instance_yaml(2))
+    (home / "dagster.yaml").write_text(instance_yaml(2, home))
     saved = dict(os.environ)
     os.environ.update(env)  # the code server this process starts reads the settings
     daemon = subprocess.Popen(

@@ -9,6 +9,7 @@ and turns Ctrl-C / SIGTERM into a cancellation of the backfill.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -44,13 +45,32 @@ FINISHED = {
 RUNNING = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 
 
-def instance_yaml(run_slots: int) -> str:
-    """The embedded instance's dagster.yaml (SQLite under DAGSTER_HOME)."""
+def instance_yaml(run_slots: int, home: Path) -> str:
+    """The embedded instance's dagster.yaml (SQLite under `home`, its DAGSTER_HOME)."""
+    home = Path(home).resolve()
     return f"""\
 # Written by quant-assets (rewritten when the settings change): the embedded default instance,
 # SQLite under this folder. For PostgreSQL storage see the top-level dagster.yaml and README.md.
 telemetry:
   enabled: false
+# Dagster's SQLite storage (the default layout: history/runs.db, history/runs/*.db,
+# schedules/schedules.db), each process keeping its connections (defs/storage.py); the paths
+# follow DAGSTER_HOME when quant-assets rewrites this file
+run_storage:
+  module: quant_assets.defs.storage
+  class: PooledSqliteRunStorage
+  config:
+    base_dir: {json.dumps(str(home / "history"))}
+event_log_storage:
+  module: quant_assets.defs.storage
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {json.dumps(str(home / "history" / "runs"))}
+schedule_storage:
+  module: quant_assets.defs.storage
+  class: PooledSqliteScheduleStorage
+  config:
+    base_dir: {json.dumps(str(home / "schedules"))}
 run_queue:
   dequeue_interval_seconds: 1
   # a code server too busy to answer StartRun within the gRPC timeout (a saturated machine) puts

@@ -24,7 +24,7 @@ def _dead_pid() -> int:
 
 
 def test_the_embedded_instance_launches_serving_runs_warm(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text(instance_yaml(2))
+    (tmp_path / "dagster.yaml").write_text(instance_yaml(2, tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         launcher = instance.run_launcher
         assert isinstance(launcher, WarmRunLauncher)

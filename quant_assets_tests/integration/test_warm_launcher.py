@@ -57,7 +57,7 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
 
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(instance_yaml(2))
+    (home / "dagster.yaml").write_text(instance_yaml(2, home))
     artifacts = Path(os.environ["QUANT_ASSETS_ARTIFACTS"])
     store = TradingStore(sql_url_for("", artifacts))
     bars = {s: make_bars(600, "1h", seed=i) for i, s in enumerate(SYMBOLS)}
