@@ -112,20 +112,39 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def prepare_tracking_store(tracking_uri: str) -> None:
-    """Create the folder of a SQLite store and switch it to WAL journaling.
+    """Create a SQLite store once, whichever process gets there first, and switch it to WAL.
 
-    WAL lets readers and one writer proceed together; with MLflow's busy timeout, parallel training
-    steps then queue for the write lock instead of failing with "database is locked". The journal
-    mode is stored in the database file, so doing this once is enough.
+    Two processes creating the same fresh store at once fail (`table ... already exists`): the
+    first creates it (MLflow's migrations) under a file lock beside it and leaves a marker naming
+    the MLflow version; every later call sees the marker and returns at once. WAL lets readers and
+    one writer proceed together; with MLflow's busy timeout, parallel training steps then queue for
+    the write lock instead of failing with "database is locked". The journal mode is stored in the
+    database file, so doing this once is enough.
     """
     path = sqlite_path(tracking_uri)
     if path is None:
         return
+    from importlib.metadata import version
+
+    marker = path.parent / f".{path.name}.created-by-mlflow-{version('mlflow')}"
+    if path.exists() and marker.exists():
+        return
+    import fcntl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=60) as connection:
-        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")
+    with open(path.parent / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and marker.exists():
+            return
+        with sqlite3.connect(path, timeout=60) as connection:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+        import mlflow
+
+        # the tracking store creates (or checks) the schema, registry tables included
+        mlflow.MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+        marker.touch()
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -265,10 +284,14 @@ class Tracker:
     def describe_registered_model(
         self, name: str, description: str, tags: dict[str, str] | None = None
     ) -> None:
-        """The registered model's description and tags (symbol, timeframe, kind) in the registry."""
-        self.client.update_registered_model(name, description=description)
+        """The registered model's description and tags (symbol, timeframe, kind) in the registry;
+        only what differs is written (one read instead of a write per tag on every retrain)."""
+        current = self.client.get_registered_model(name)
+        if current.description != description:
+            self.client.update_registered_model(name, description=description)
         for key, value in (tags or {}).items():
-            self.client.set_registered_model_tag(name, key, str(value))
+            if current.tags.get(key) != str(value):
+                self.client.set_registered_model_tag(name, key, str(value))
 
     def describe_run(self, run_id: str, text: str) -> None:
         """The run's description (markdown) in the MLflow UI."""
@@ -484,8 +507,34 @@ class Tracker:
         return max((str(v.version) for v in versions), key=int, default=None)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, str(version), key, str(value))
+        """Every tag on the version. On a SQL store in one transaction (MLflow's client writes one
+        tag per transaction, each looking the version up again: an evaluation's 15 tags were 15
+        transactions); the same validation and rows as `set_model_version_tag`."""
+        items = {key: str(value) for key, value in tags.items()}
+        if not items:
+            return
+        store = self.client._get_registry_client().store
+        try:
+            from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+            from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+            from mlflow.utils.validation import _validate_model_version_tag
+        except ImportError:  # another MLflow: one call per tag
+            SqlAlchemyStore = None  # noqa: N806
+        if SqlAlchemyStore is None or not isinstance(store, SqlAlchemyStore):
+            for key, value in items.items():
+                self.client.set_model_version_tag(name, str(version), key, value)
+            return
+        for key, value in items.items():
+            _validate_model_version_tag(key, value)
+        with store.ManagedSessionMaker(read_only=False) as session:
+            row = store._get_sql_model_version(session, name, int(version))
+            for key, value in items.items():
+                session.merge(
+                    SqlModelVersionTag(
+                        workspace=row.workspace, name=name, version=int(version), key=key,
+                        value=value,
+                    )
+                )  # fmt: skip
 
     def delete_alias(self, name: str, alias: str) -> None:
         self.client.delete_registered_model_alias(name, alias)
