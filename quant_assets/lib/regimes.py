@@ -21,8 +21,6 @@ VOL_BUCKET_DTYPE = pl.Enum(VOL_BUCKETS)
 METHODS: tuple[str, ...] = ("rules", "kmeans")
 RegimeMethod = Literal["rules", "kmeans"]
 SLOPE_FEATURE, VOL_FEATURE = "ema_26_slope", "atr_14_frac"
-# One thread per fit, as in training.py: partitions run in parallel processes.
-_THREADS = 1
 
 
 class RegimeConfigError(QuantAssetsError, ValueError):
@@ -258,9 +256,10 @@ def fit_regime_model(
     std = x.std(axis=0)
     scale = np.where(std > 0, std, 1.0)  # a constant feature stays 0 after centering
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(_THREADS):
+    from quant_assets.lib.training import single_threaded
+
+    with single_threaded():
         km = KMeans(config.n_clusters, n_init=config.n_init, random_state=config.seed)
         km.fit((x - mean) / scale)
     centers = km.cluster_centers_

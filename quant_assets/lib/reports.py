@@ -234,7 +234,9 @@ def _plots(health: pl.DataFrame, runs: pl.DataFrame) -> list[tuple[str, bytes]]:
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
+    from quant_assets.lib.plots import PNG_OPTIONS
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, dpi=80, **PNG_OPTIONS)
     plt.close(fig)
     return buffer.getvalue()

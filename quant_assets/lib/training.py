@@ -112,6 +112,24 @@ _FOLD_METRICS_SCHEMA = {"fold": pl.Int64, "n_train": pl.Int64, "n_test": pl.Int6
 # a busy 2-core machine OpenMP's waiting threads made a HistGradientBoosting fit of 150 trees on 13k
 # rows take 7.6 s instead of 0.55 s single-threaded.
 _THREADS = 1
+_controller: tuple[int, Any] | None = None
+
+
+def single_threaded() -> Any:
+    """A context in which OpenMP and BLAS run one thread (`_THREADS`). threadpoolctl's
+    `threadpool_limits` looks up every loaded library on each call (about 2 % of a pipeline run's
+    CPU, called for every fit and prediction); the controller is kept and looked up again only when
+    modules were imported since (a native library is loaded by an import)."""
+    global _controller
+    import sys
+
+    from threadpoolctl import ThreadpoolController
+
+    if _controller is None or _controller[0] != len(sys.modules):
+        _controller = (len(sys.modules), ThreadpoolController())
+    return _controller[1].limit(limits=_THREADS)
+
+
 #: Symbols with fewer out-of-fold rows than this get the pooled calibrator (see fit_per_symbol_calibrators).
 PER_SYMBOL_MIN_ROWS = 50
 
@@ -245,12 +263,11 @@ def _fit(
     its parameters in its booster (XGB_PARAMS_ATTR), so a registry copy can be continued alike.
     """
     from sklearn.pipeline import Pipeline
-    from threadpoolctl import threadpool_limits
 
     scaled = weight / weight.mean()
     xgb = type(model).__name__ == "XGBClassifier"
     continued = {} if init_model is None else {"xgb_model" if xgb else "init_model": init_model}
-    with threadpool_limits(limits=_THREADS):
+    with single_threaded():
         if isinstance(model, Pipeline):
             return model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": scaled})
         fitted = model.fit(X, y, sample_weight=scaled, **continued)
@@ -262,10 +279,8 @@ def _fit(
 
 def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
     """P(class 1) of a binary model; P(up) (metrics.up_probability) of a multi-class one."""
-    from threadpoolctl import threadpool_limits
-
     classes = list(model.classes_)
-    with threadpool_limits(limits=_THREADS):
+    with single_threaded():
         proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     if classes == [0, 1]:
         return proba[:, 1]
@@ -274,9 +289,7 @@ def _positive_proba(model: Any, X: np.ndarray) -> np.ndarray:
 
 def _class_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
     """(n, n_classes) class probabilities; a class the model never saw gets probability 0."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=_THREADS):
+    with single_threaded():
         proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     out = np.zeros((X.shape[0], n_classes))
     out[:, np.asarray(model.classes_, dtype=np.int64)] = proba

@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
-from scipy.signal import lfilter
 
 from quant_assets.lib.calendars import MarketCalendar, as_utc, calendar_for_symbol
 from quant_assets.lib.errors import DataValidationError, InvalidTimeframeError
@@ -121,6 +120,8 @@ def synthetic_bars(
     shocks = stream(_LOG_VOL).standard_normal(n) * LOG_VOL_SD * np.sqrt(1 - phi**2)
     if n:
         shocks[0] /= np.sqrt(1 - phi**2)  # start from the stationary distribution
+    from scipy.signal import lfilter  # (scipy.signal: about a second to import; the CLI needs none)
+
     log_vol = lfilter([1.0], [1.0, -phi], shocks)
 
     regime = _regime_of_bars(stream(_REGIME_LENGTH), stream(_REGIME_MOVE), n, bars_per_day)
