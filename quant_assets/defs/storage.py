@@ -41,6 +41,7 @@ MAX_SHARD_ENGINES = 16
 POOL_SIZE = 2
 
 _live: weakref.WeakSet = weakref.WeakSet()
+_ENGINE_LOCK = threading.Lock()
 
 
 def _engine(conn_string: str, **connect_args) -> Engine:
@@ -91,18 +92,19 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    def _drop_engines(self, close: bool) -> None:
+        for engine in self._engines.values():
+            engine.dispose(close=close)
+        self._engines = OrderedDict()
+
     def _forget_engines(self) -> None:
         """Drop every engine without closing its connections (they belong to the parent)."""
-        for engine in self._engines.values():
-            engine.dispose(close=False)
-        self._engines = OrderedDict()
+        self._drop_engines(close=False)
         self._db_lock = threading.Lock()
 
     def close_engines(self) -> None:
         with self._db_lock:
-            for engine in self._engines.values():
-                engine.dispose()
-            self._engines.clear()
+            self._drop_engines(close=True)
 
     def wipe(self) -> None:
         self.close_engines()
@@ -137,19 +139,17 @@ class _KeptEngine:
         with self._kept_engine().connect() as conn, conn.begin():
             yield conn
 
-    def _forget_engines(self) -> None:
+    def _drop_engine(self, close: bool) -> None:
         engine = self.__dict__.pop("_qa_engine", None)
         if engine is not None:
-            engine.dispose(close=False)
+            engine.dispose(close=close)
+
+    def _forget_engines(self) -> None:
+        self._drop_engine(close=False)
 
     def dispose(self) -> None:
         super().dispose()  # type: ignore[misc]
-        engine = self.__dict__.pop("_qa_engine", None)
-        if engine is not None:
-            engine.dispose()
-
-
-_ENGINE_LOCK = threading.Lock()
+        self._drop_engine(close=True)
 
 
 class PooledSqliteRunStorage(_KeptEngine, SqliteRunStorage):

@@ -513,14 +513,12 @@ class Tracker:
         items = {key: str(value) for key, value in tags.items()}
         if not items:
             return
+        from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.utils.validation import _validate_model_version_tag
+
         store = self.client._get_registry_client().store
-        try:
-            from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
-            from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
-            from mlflow.utils.validation import _validate_model_version_tag
-        except ImportError:  # another MLflow: one call per tag
-            SqlAlchemyStore = None  # noqa: N806
-        if SqlAlchemyStore is None or not isinstance(store, SqlAlchemyStore):
+        if not isinstance(store, SqlAlchemyStore):  # a tracking server: one call per tag
             for key, value in items.items():
                 self.client.set_model_version_tag(name, str(version), key, value)
             return
