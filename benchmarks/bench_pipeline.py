@@ -30,7 +30,7 @@ done before either is timed.
   labels (with the SPY benchmark when SPY is a symbol, label_summary and the look-ahead check),
   training_dataset, walk_forward_splits, challenger_model (train_with_cv, the long/short decision
   thresholds and the trial record that training logs, the training signal quality),
-  global_challenger_model (per timeframe: the latest max_rows_per_symbol rows of each symbol,
+  global_challenger_model (per timeframe: the latest rows_per_symbol(S) rows of each symbol,
   build_global_dataset, purged splits, train_with_cv, per-symbol calibrators, thresholds),
   volatility_model (GARCH walk-forward evaluate_out_of_fold and fit_garch), regime (with its
   truncated-history check), primary_signals, meta_learner, meta_filter (train_meta_filter,
@@ -639,7 +639,9 @@ def run_full_reference(
     with cpu("global_challenger_model"):
         for t in timeframes:
             datasets = {
-                s: dataset_from_frame(stored[(s, t)].tail(config.max_rows_per_symbol), symbol=s)
+                s: dataset_from_frame(
+                    stored[(s, t)].tail(config.rows_per_symbol(len(symbols))), symbol=s
+                )
                 for s in symbols
                 if stored[(s, t)].height
             }
@@ -1063,7 +1065,8 @@ def main() -> None:
     estimate = 500 * hours * 8 * 4 * 3 / 2**30
     print(
         f"cross-sectional ranks at 500 symbols of 1h bars: about {estimate:.1f} GiB peak "
-        "(4 of the feature columns per symbol; the global model reads at most 20,000 rows each)"
+        "(4 of the feature columns per symbol; the global model reads at most 400,000 rows in "
+        "all: max_rows, 20,000 per symbol up to 20 symbols)"
     )
 
 

@@ -15,7 +15,9 @@ requests the children of the partitions stored so far: a scattered subset, so ma
 stages). `SettledBackfillDaemon` runs an iteration when a run has finished, when a backfill is
 requested or is being cancelled, or while the backfills have nothing in flight, and then only once
 no materialization has been stored for `SETTLE_QUIET_SECONDS` (another run may be storing its
-batch); besides, every `SETTLE_MAX_SECONDS` when quiet, and at the latest every 4 x that.
+batch) and no run waits in the queue (children requested then would queue behind it, and the
+stage's runs still going could not join them); besides, every `SETTLE_MAX_SECONDS` when quiet,
+and at the latest every 4 x that, with nothing queued (`iteration_due`).
 """
 
 from __future__ import annotations
@@ -70,10 +72,17 @@ def _on_sigterm(*_) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def settle_signature(instance) -> tuple[tuple, int, bool]:
+def run_slots(instance) -> int | None:
+    """How many runs the instance's run queue runs at once (None: no limit, or not a queue)."""
+    get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
+    limit = get_config().max_concurrent_runs if get_config is not None else None
+    return limit if limit is not None and limit > 0 else None
+
+
+def settle_signature(instance) -> tuple[tuple, int, int]:
     """What a backfill iteration waits for: the backfills to act on (requested, canceling, failing:
-    the statuses Dagster's iteration reads), the number of finished runs, and whether any run is
-    in flight."""
+    the statuses Dagster's iteration reads), the number of finished runs, and the number of runs
+    in flight (not started, queued or running)."""
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
     from dagster._core.storage.dagster_run import FINISHED_STATUSES, IN_PROGRESS_RUN_STATUSES
@@ -100,7 +109,7 @@ def settle_signature(instance) -> tuple[tuple, int, bool]:
     return (
         tuple(sorted((b.backfill_id, b.status.value) for b in backfills)),
         finished,
-        in_flight > 0,
+        in_flight,
     )
 
 
@@ -118,6 +127,39 @@ def latest_materialization_id(instance) -> int:
     return records[0].storage_id if records else 0
 
 
+def iteration_due(
+    *,
+    changed: bool,
+    in_flight: int,
+    slots: int | None,
+    quiet: bool,
+    canceling: bool,
+    since_last: float,
+) -> bool:
+    """Whether the backfill daemon iterates now.
+
+    changed: a run finished or a backfill's status changed since the last iteration; in_flight:
+    runs not started, queued or running; slots: the run queue's limit (None: none); quiet: no
+    materialization stored for SETTLE_QUIET_SECONDS (no batch is being stored); since_last:
+    seconds since the last iteration.
+
+    A cancellation (by a user, or Dagster's after a failed run) is acted on at once. While a run
+    already waits in the queue for a slot, children requested now would queue behind it: waiting
+    until it has a slot lets more of the stage's runs finish, so their children are requested
+    together (fewer, larger runs), and no core is left idle meanwhile (the queued run takes the
+    next free slot; waiting for a free slot instead left one idle for the 5-8 s of the next
+    iteration and launch at every stage: 169 % instead of 177 % CPU at 64 x 3). Otherwise an
+    iteration runs when quiet and something changed, when nothing is in flight, every
+    SETTLE_MAX_SECONDS when quiet, and at 4 x that regardless."""
+    if canceling:
+        return True
+    if slots is not None and in_flight > slots:
+        return False
+    if since_last >= 4 * SETTLE_MAX_SECONDS:
+        return True
+    return quiet and (changed or in_flight == 0 or since_last >= SETTLE_MAX_SECONDS)
+
+
 def settled_backfill_daemon(instance):
     """Dagster's backfill daemon, iterating only when its inputs are settled (module docstring)."""
     import time
@@ -130,6 +172,7 @@ def settled_backfill_daemon(instance):
             futures: dict = {}
             last, last_at = None, 0.0
             stored, stored_at = None, 0.0
+            slots = run_slots(workspace_process_context.instance)
             while not shutdown_event.is_set():
                 instance = workspace_process_context.instance
                 signature = settle_signature(instance)
@@ -138,14 +181,14 @@ def settled_backfill_daemon(instance):
                 if latest != stored:  # (the first look counts as quiet)
                     stored_at = now if stored is not None else now - SETTLE_QUIET_SECONDS
                     stored = latest
-                due = signature != last or not signature[2]
-                quiet = now - stored_at >= SETTLE_QUIET_SECONDS
-                # a cancellation (by a user, or after a failed run) is acted on at once
-                canceling = any(status in ("CANCELING", "FAILING") for _, status in signature[0])
-                stale = now - last_at >= SETTLE_MAX_SECONDS  # a look now and then, when quiet
-                if (
-                    (due or stale) and (quiet or canceling)
-                ) or now - last_at >= 4 * SETTLE_MAX_SECONDS:
+                if iteration_due(
+                    changed=signature != last,
+                    in_flight=signature[2],
+                    slots=slots,
+                    quiet=now - stored_at >= SETTLE_QUIET_SECONDS,
+                    canceling=any(s in ("CANCELING", "FAILING") for _, s in signature[0]),
+                    since_last=now - last_at,
+                ):
                     yield SpanMarker.START_SPAN
                     try:
                         yield from execute_backfill_iteration(

@@ -25,7 +25,7 @@ from quant_assets.defs.partitions import (
 from quant_assets.defs.resources import ArtifactStore, MlflowResource, TradingStoreResource
 from quant_assets.lib.calendars import annualization_kind
 from quant_assets.lib.performance import annualization
-from quant_assets.lib.plots import backtest_report_png, equity_curve_png, fold_evidence_png
+from quant_assets.lib.plots import backtest_report_png, fold_evidence_png
 from quant_assets.lib.promotion import GateConfig, SelectionStats, evaluate_gates
 from quant_assets.lib.reporting import markdown_table
 from quant_assets.lib.scratch import scratch_dir
@@ -331,20 +331,20 @@ def _evaluate_partition(
         metrics["challenger"], metrics.get("champion"), gate_config, selection=selection
     )
     workdir = scratch_dir("qa_eval_")
-    curves = {
-        f"{role} v{record['version'] if role == 'challenger' else champion_version}": r.per_bar.select(
-            "timestamp", "equity"
-        )
-        for role, (_, r) in scored.items()
-    }
-    equity_png = equity_curve_png(
-        curves, workdir / "equity_curves.png", title=f"{name}: hold-out equity"
-    )
     report_png = backtest_report_png(
         scored["challenger"][1],
         workdir / "backtest_report.png",
         title=f"{name} v{record['version']}: hold-out backtest",
         metrics=metrics["challenger"],
+        label=f"challenger v{record['version']}",
+        # the champion on the same bars, for comparison
+        others={
+            f"champion v{champion_version}": scored["champion"][1].per_bar.select(
+                "timestamp", "equity"
+            )
+        }
+        if "champion" in scored
+        else None,
     )
     evidence_metrics = evidence.as_metrics(ppy) if evidence is not None else {}
     evidence_metrics |= {
@@ -395,7 +395,6 @@ def _evaluate_partition(
                 "eval.periods_per_year": ppy,
             },
         )
-        tracker.log_file(run_id, equity_png)
         tracker.log_file(run_id, report_png)
         tracker.log_frame(run_id, gates, "gates.csv")
         tracker.log_frame(run_id, scored["challenger"][1].trades, "challenger_trades.csv")
@@ -469,7 +468,6 @@ def _evaluate_partition(
         },
         "side_by_side": table(side_by_side, max_rows=len(SHOWN_METRICS)),
         "gates": table(gates, max_rows=20),
-        "equity_curves": dg.MetadataValue.md(image_markdown(equity_png, "equity curves")),
         "backtest_report": dg.MetadataValue.md(image_markdown(report_png, "backtest report")),
         "mlflow_run": dg.MetadataValue.url(tracker.run_url(run_id)),
     }

@@ -228,16 +228,16 @@ def _alias_meta_models(
 
 
 def _log_variant_metrics(tracker: Tracker, run_id: str, summary: pl.DataFrame) -> None:
-    """Every finite metric of every backtested variant, as `<variant>_<metric>`."""
-    for row in summary.iter_rows(named=True):
-        tracker.log_metrics(
-            run_id,
-            {
-                f"{row['variant']}_{k}": float(v)
-                for k, v in row.items()
-                if k != "variant" and v is not None and np.isfinite(float(v))
-            },
-        )
+    """Every finite metric of every backtested variant, as `<variant>_<metric>` (one batch)."""
+    tracker.log_metrics(
+        run_id,
+        {
+            f"{row['variant']}_{k}": float(v)
+            for row in summary.iter_rows(named=True)
+            for k, v in row.items()
+            if k != "variant" and v is not None and np.isfinite(float(v))
+        },
+    )
 
 
 @dg.asset(

@@ -258,6 +258,9 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        #: metrics of the runs opened by `run`, written when a model is logged (linked to it, as
+        #: MLflow links the metrics a run holds when its model is logged) or when the run ends
+        self._pending_metrics: dict[str, dict[int, dict[str, float]]] = {}
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -285,13 +288,38 @@ class Tracker:
         self, name: str, description: str, tags: dict[str, str] | None = None
     ) -> None:
         """The registered model's description and tags (symbol, timeframe, kind) in the registry;
-        only what differs is written (one read instead of a write per tag on every retrain)."""
-        current = self.client.get_registered_model(name)
-        if current.description != description:
-            self.client.update_registered_model(name, description=description)
-        for key, value in (tags or {}).items():
-            if current.tags.get(key) != str(value):
-                self.client.set_registered_model_tag(name, key, str(value))
+        only what differs is written. On a SQL store, one transaction reading the model's row and
+        tags (MLflow's client reads the whole registered model, versions included, once per call
+        and again per tag to check it is not a prompt)."""
+        wanted = {key: str(value) for key, value in (tags or {}).items()}
+        store = self._sql_registry()
+        if store is None:  # a tracking server
+            current = self.client.get_registered_model(name)
+            if current.description != description:
+                self.client.update_registered_model(name, description=description)
+            for key, value in wanted.items():
+                if current.tags.get(key) != value:
+                    self.client.set_registered_model_tag(name, key, value)
+            return
+        from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelTag
+        from mlflow.utils.time import get_current_time_millis
+        from mlflow.utils.validation import _validate_registered_model_tag
+
+        for key, value in wanted.items():
+            _validate_registered_model_tag(key, value)
+        with store.ManagedSessionMaker(read_only=False) as session:
+            row = store._get_registered_model(session, name)
+            current = {tag.key: tag.value for tag in row.registered_model_tags}
+            if row.description != description:
+                row.description = description
+                row.last_updated_time = get_current_time_millis()
+            for key, value in wanted.items():
+                if current.get(key) != value:
+                    session.merge(
+                        SqlRegisteredModelTag(
+                            workspace=row.workspace, name=name, key=key, value=value
+                        )
+                    )
 
     def describe_run(self, run_id: str, text: str) -> None:
         """The run's description (markdown) in the MLflow UI."""
@@ -349,7 +377,15 @@ class Tracker:
         with mlflow.start_run(
             experiment_id=self.experiment_id(experiment), run_name=run_name, tags=tags
         ) as active:
-            yield active.info.run_id
+            run_id = active.info.run_id
+            self._pending_metrics[run_id] = {}
+            try:
+                yield run_id
+            except BaseException:
+                with contextlib.suppress(Exception):  # the run's error is the one to report
+                    self._flush_metrics(run_id)
+                raise
+            self._flush_metrics(run_id)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI (`ui_url`)."""
@@ -371,13 +407,46 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_metric_steps(run_id, {step: metrics})
+
+    def log_metric_steps(self, run_id: str, by_step: dict[int, dict[str, float]]) -> None:
+        """Metrics of several steps (e.g. one per fold); None and non-finite values are left out.
+
+        In a run opened by `run` they are written in one batch when the run's model is logged or
+        the run ends (a key logged twice at one step keeps its last value); otherwise at once.
+        Each batch costs a transaction, and MLflow links a logged model to the metrics its run
+        holds by reading each metric's history back (one query per metric: 100 for a challenger),
+        so the model is logged first and its metrics are written with its id."""
+        clean = {
+            step: {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+            for step, metrics in by_step.items()
+        }
+        pending = self._pending_metrics.get(run_id)
+        if pending is None:
+            self._write_metrics(run_id, clean)
+            return
+        for step, metrics in clean.items():
+            pending.setdefault(step, {}).update(metrics)
+
+    def _flush_metrics(self, run_id: str, model_id: str | None = None) -> None:
+        """Write the run's pending metrics; those of step 0 linked to `model_id` (MLflow links the
+        metrics of the step its model is logged at, 0)."""
+        pending = self._pending_metrics.pop(run_id, None)
+        if pending:
+            self._write_metrics(run_id, pending, model_id)
+        if model_id is not None:  # later metrics of the run wait for its end again
+            self._pending_metrics[run_id] = {}
+
+    def _write_metrics(
+        self, run_id: str, by_step: dict[int, dict[str, float]], model_id: str | None = None
+    ) -> None:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), stamp, step)
+            Metric(k, v, stamp, step, model_id=model_id if step == 0 else None)
+            for step, metrics in sorted(by_step.items())
             for k, v in sorted(metrics.items())
-            if v is not None and np.isfinite(v)
         ]
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
@@ -405,7 +474,7 @@ class Tracker:
         self,
         model: Any,
         model_type: str,
-        input_example: pd.DataFrame,
+        example: pd.DataFrame,
         registered_name: str,
         tags: dict[str, str],
     ) -> RegisteredVersion:
@@ -422,18 +491,15 @@ class Tracker:
         import mlflow
         from mlflow.models import infer_signature
 
-        signature = infer_signature(input_example, np.full(len(input_example), 0.5))
+        # the signature (column names and types) from the example rows, not the rows themselves:
+        # with an input example MLflow loads every model back and predicts it at registration
+        # (about a third of the cost of logging a meta-learner)
+        signature = infer_signature(example, np.full(len(example), 0.5))
         common = dict(
-            name="model",
-            signature=signature,
-            input_example=input_example.head(5),
-            pip_requirements=pip_requirements(model_type),
+            name="model", signature=signature, pip_requirements=pip_requirements(model_type)
         )
-        # registration notices are printed straight to stderr; the asset's metadata says it better.
-        # MLflow checks the input example by predicting it as a named pandas frame; scikit-learn
-        # models are fitted on arrays and would warn about the names on every registration.
-        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="X has feature names")
+        # registration notices are printed straight to stderr; the asset's metadata says it better
+        with contextlib.redirect_stderr(io.StringIO()):
             if model_type == "lightgbm":
                 info = mlflow.lightgbm.log_model(model.booster_, **common)
             elif model_type == "xgboost":
@@ -441,6 +507,9 @@ class Tracker:
                 info = mlflow.xgboost.log_model(model, model_format="json", **common)
             else:
                 info = mlflow.sklearn.log_model(model, serialization_format="cloudpickle", **common)
+        active = mlflow.active_run()
+        # the run's metrics so far, linked to the model, before a version can exist
+        self._flush_metrics(active.info.run_id, model_id=info.model_id)
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
@@ -454,49 +523,58 @@ class Tracker:
                 tags={key: str(value) for key, value in tags.items()},
             )
         version = str(registered.version)
-        active = mlflow.active_run()
         return RegisteredVersion(
             registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}"
         )
 
     def load_model(self, name: str, version: str) -> LoadedModel:
         """Load a registered version with the calibrator and feature list logged beside it, after
-        checking its artifact against the hash recorded at registration (ModelIntegrityError)."""
+        checking its artifact against the hash recorded at registration (ModelIntegrityError).
+
+        The version's files are copied from its storage location, and the run's JSON files from
+        the run's artifact repository, each looked up once (through `models:/` and `runs:/` URIs
+        MLflow resolved the registry entry and the run again for every file)."""
         import mlflow
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         from quant_assets.lib.calibration import Calibrator
 
         mv = self.client.get_model_version(name, str(version))
-        model_type = mv.tags.get("model_type") or self.client.get_run(mv.run_id).data.tags.get(
-            "model_type", "lightgbm"
+        run = self.client.get_run(mv.run_id)
+        model_type = mv.tags.get("model_type") or run.data.tags.get("model_type", "lightgbm")
+        store = self._sql_registry()
+        location = (
+            store.get_model_version_download_uri(name, str(version))
+            if store is not None
+            else self.client.get_model_version_download_uri(name, str(version))
         )
-        uri = f"models:/{name}/{version}"
         mlflow.set_registry_uri(self.tracking_uri)
+        run_files = get_artifact_repository(run.info.artifact_uri)
         with tempfile.TemporaryDirectory() as tmp:
+            for sub in ("model", "run"):
+                (Path(tmp) / sub).mkdir()
             # verified and loaded from the same local copy, so what is loaded is what was checked
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
+                artifact_uri=location, dst_path=str(Path(tmp) / "model"),
+                tracking_uri=self.tracking_uri,
+            )  # fmt: skip
             verify_model_artifact(name, str(version), mv.tags.get(ARTIFACT_HASH_TAG), local)
             flavors = {"lightgbm": mlflow.lightgbm, "xgboost": mlflow.xgboost}
             flavor = flavors.get(model_type, mlflow.sklearn)
             model = flavor.load_model(local)
-        artifacts = {a.path for a in self.client.list_artifacts(mv.run_id)}
-        calibrator = None
-        if "calibrator.json" in artifacts:
-            calibrator = Calibrator.from_dict(self._json_artifact(mv.run_id, "calibrator.json"))
-        features = self._json_artifact(mv.run_id, "feature_list.json")["features"]
+
+            def json_file(path: str) -> dict[str, Any]:
+                copied = run_files.download_artifacts(path, dst_path=str(Path(tmp) / "run"))
+                return json.loads(Path(copied).read_text())
+
+            present = {a.path for a in run_files.list_artifacts()}
+            calibrator = None
+            if "calibrator.json" in present:
+                calibrator = Calibrator.from_dict(json_file("calibrator.json"))
+            features = json_file("feature_list.json")["features"]
         return LoadedModel(
             name, str(version), mv.run_id, model_type, model, calibrator, features, dict(mv.tags)
         )
-
-    def _json_artifact(self, run_id: str, path: str) -> dict[str, Any]:
-        import mlflow
-
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
-        )
-        return json.loads(Path(local).read_text())
 
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, str(version)).tags)
@@ -514,11 +592,10 @@ class Tracker:
         if not items:
             return
         from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
-        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
         from mlflow.utils.validation import _validate_model_version_tag
 
-        store = self.client._get_registry_client().store
-        if not isinstance(store, SqlAlchemyStore):  # a tracking server: one call per tag
+        store = self._sql_registry()
+        if store is None:  # a tracking server: one call per tag
             for key, value in items.items():
                 self.client.set_model_version_tag(name, str(version), key, value)
             return
@@ -542,11 +619,27 @@ class Tracker:
         return len(self.client.search_model_versions(f"name = '{name}'"))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, version)
+        store = self._sql_registry()
+        if store is None:
+            self.client.set_registered_model_alias(name, alias, version)
+        else:  # the store validates as the client does, without reading the whole model first
+            store.set_registered_model_alias(name, alias, str(version))
 
     def aliases(self, name: str) -> dict[str, str]:
-        """alias -> version. Read from the registered model: on SQL stores, model-version searches
-        return empty aliases (MLflow issue #16734)."""
+        """alias -> version (empty when the model does not exist). Read from the registered model
+        (on SQL stores, model-version searches return empty aliases: MLflow issue #16734); on a SQL
+        store from the alias rows alone."""
+        store = self._sql_registry()
+        if store is not None:
+            from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias
+
+            with store.ManagedSessionMaker() as session:
+                rows = (
+                    store._get_query(session, SqlRegisteredModelAlias)
+                    .filter(SqlRegisteredModelAlias.name == name)
+                    .all()
+                )
+                return {row.alias: str(row.version) for row in rows}
         from mlflow.exceptions import MlflowException
 
         try:
@@ -555,3 +648,11 @@ class Tracker:
             }
         except MlflowException:
             return {}
+
+    def _sql_registry(self):
+        """The registry's SqlAlchemyStore, or None for a tracking server (MLflow is pinned in
+        uv.lock; the SQL fast paths are tested against the client's results on both kinds)."""
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+        store = self.client._get_registry_client().store
+        return store if isinstance(store, SqlAlchemyStore) else None

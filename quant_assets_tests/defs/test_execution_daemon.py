@@ -15,8 +15,11 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from quant_assets.defs.daemon import (
+    SETTLE_MAX_SECONDS,
     STOP_GRACE_SECONDS,
+    iteration_due,
     latest_materialization_id,
+    run_slots,
     settle_signature,
 )
 
@@ -50,11 +53,11 @@ def test_stored_materializations_are_seen_as_they_are_stored(tmp_path) -> None:
 def test_the_backfill_daemon_iterates_when_a_run_finishes_or_a_backfill_changes(tmp_path) -> None:
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         idle = settle_signature(instance)
-        assert idle == ((), 0, False)  # nothing in flight: it iterates on every look
+        assert idle == ((), 0, 0)  # nothing in flight: it iterates on every look
         pending = instance.create_run_for_job(_job, status=dg.DagsterRunStatus.NOT_STARTED)
         started = instance.create_run_for_job(_job, status=dg.DagsterRunStatus.STARTED)
         waiting = settle_signature(instance)
-        assert waiting == ((), 0, True)
+        assert waiting == ((), 0, 2)
         # runs starting or storing their outputs change nothing: no iteration on a partial batch
         instance.handle_run_event(
             pending.run_id,
@@ -85,6 +88,46 @@ def test_the_backfill_daemon_iterates_when_a_run_finishes_or_a_backfill_changes(
         assert settle_signature(instance)[0] == ((backfill_id, "FAILING"),)
         instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
         assert settle_signature(instance)[0] == ()
+
+
+def test_an_iteration_waits_while_a_run_is_queued() -> None:
+    """Children requested while a run already waits for a slot would queue behind it, and the
+    stage's runs still going could not join them: the daemon waits until the queued run starts."""
+    look = dict(changed=True, quiet=True, canceling=False, since_last=5.0)
+    assert not iteration_due(in_flight=3, slots=2, **look)  # two running, one queued
+    assert iteration_due(in_flight=2, slots=2, **look)  # both running, none queued: look ahead
+    assert iteration_due(in_flight=1, slots=2, **look)
+    assert iteration_due(in_flight=0, slots=2, **look)
+    assert iteration_due(in_flight=9, slots=None, **look)  # no limit: as soon as settled
+    # a batch being stored (not quiet) is waited for, a cancellation never
+    assert not iteration_due(in_flight=1, slots=2, **(look | {"quiet": False}))
+    assert iteration_due(in_flight=3, slots=2, **(look | {"canceling": True, "quiet": False}))
+    # nothing changed: a look every SETTLE_MAX_SECONDS when quiet, at 4 x that regardless
+    still = look | {"changed": False}
+    assert not iteration_due(in_flight=1, slots=2, **still)
+    assert iteration_due(in_flight=1, slots=2, **(still | {"since_last": SETTLE_MAX_SECONDS}))
+    late = still | {"quiet": False, "since_last": 4 * SETTLE_MAX_SECONDS}
+    assert iteration_due(in_flight=1, slots=2, **late)
+    assert not iteration_due(in_flight=3, slots=2, **late)
+    # nothing in flight: every look once quiet (a backfill just requested)
+    assert iteration_due(in_flight=0, slots=2, **still)
+
+
+def test_run_slots_reads_the_run_queue(tmp_path) -> None:
+    overrides = {
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": 3},
+        }
+    }
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
+        assert run_slots(instance) == 3
+    unlimited = tmp_path / "unlimited"
+    unlimited.mkdir()
+    overrides["run_coordinator"]["config"] = {"max_concurrent_runs": -1}
+    with dg.instance_for_test(temp_dir=str(unlimited), overrides=overrides) as instance:
+        assert run_slots(instance) is None
 
 
 def test_a_stop_that_hangs_dumps_the_threads_and_exits() -> None:

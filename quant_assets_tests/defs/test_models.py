@@ -207,3 +207,19 @@ def test_global_model_per_timeframe(instance, project_dir, mlflow_uri, short_his
     )
     assert set(calibrators) == set(symbols)
     assert pl.DataFrame([record]).height == 1
+
+
+def test_the_global_model_reads_a_bounded_number_of_rows() -> None:
+    """Each symbol's latest rows, at most max_rows_per_symbol, and max_rows for all together: the
+    global model's memory and fitting do not grow with the universe."""
+    from quant_assets.defs.models import GlobalTrainingConfig
+
+    config = GlobalTrainingConfig()
+    assert config.rows_per_symbol(4) == 20_000  # small universes: unchanged
+    assert config.rows_per_symbol(20) == 20_000
+    assert config.rows_per_symbol(64) == 6_250
+    assert config.rows_per_symbol(500) == 800
+    for symbols in (1, 7, 64, 500, 5000):
+        assert symbols * config.rows_per_symbol(symbols) <= max(config.max_rows, symbols)
+    small = GlobalTrainingConfig(max_rows=100, max_rows_per_symbol=50)
+    assert [small.rows_per_symbol(n) for n in (1, 2, 3, 1000)] == [50, 50, 33, 1]

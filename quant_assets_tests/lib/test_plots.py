@@ -77,6 +77,17 @@ def test_backtest_report_png(tmp_path):
         result, str(tmp_path / "report.png"), "toy", metrics={"sharpe": 0.5, "max_drawdown": 0.1}
     )
     _assert_png(path)
+    # the champion's curve beside it (the evaluation's one chart)
+    champion = _result(4)
+    path = backtest_report_png(
+        result, tmp_path / "both.png", "toy", label="challenger v2",
+        others={"champion v1": champion.per_bar.select("timestamp", "equity")},
+    )  # fmt: skip
+    _assert_png(path)
+    with pytest.raises(ValueError, match="lacks"):
+        backtest_report_png(
+            result, tmp_path / "x.png", others={"bad": champion.per_bar.select("timestamp")}
+        )
 
 
 def test_fold_evidence_png(tmp_path):

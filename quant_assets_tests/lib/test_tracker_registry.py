@@ -1,0 +1,99 @@
+"""The Tracker's registry reads and writes on a SQL store (one transaction, no whole-model read per
+call) give what MLflow's own client gives: aliases, descriptions and tags, and a registered model
+loaded back with its calibrator and feature list, its artifact hash checked; a run's metrics written
+in one batch, those logged before its model linked to the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from quant_assets.lib.calibration import fit_calibrator
+from quant_assets.lib.errors import ModelIntegrityError
+from quant_assets.lib.tracking import ARTIFACT_HASH_TAG, Tracker
+
+NAME = "meta.BTCUSDT.1h.trend"
+
+
+@pytest.fixture
+def tracker(mlflow_uri: str) -> Tracker:
+    tracker = Tracker(mlflow_uri)
+    assert tracker._sql_registry() is not None  # the fast paths are what this file tests
+    return tracker
+
+
+def test_aliases_match_the_client(tracker: Tracker) -> None:
+    assert tracker.aliases("no.such.model") == {}
+    tracker.client.create_registered_model(NAME)
+    for _ in range(3):
+        tracker.client.create_model_version(NAME, source="/nonexistent/model")
+    assert tracker.aliases(NAME) == {}
+    tracker.set_alias(NAME, "challenger", "3")
+    tracker.set_alias(NAME, "champion", "2")
+    tracker.set_alias(NAME, "challenger", "1")  # moved, not added
+    expected = {a: str(v) for a, v in tracker.client.get_registered_model(NAME).aliases.items()}
+    assert tracker.aliases(NAME) == expected == {"challenger": "1", "champion": "2"}
+    tracker.delete_alias(NAME, "champion")
+    assert tracker.aliases(NAME) == {"challenger": "1"}
+    with pytest.raises(Exception, match="(?i)version"):  # the store validates like the client
+        tracker.set_alias(NAME, "champion", "9")
+    with pytest.raises(Exception, match="(?i)reserved|alias"):
+        tracker.set_alias(NAME, "latest", "1")
+
+
+def test_describe_writes_only_differences(tracker: Tracker) -> None:
+    tracker.client.create_registered_model(NAME)
+    tracker.describe_registered_model(NAME, "first", {"symbol": "BTCUSDT", "timeframe": "1h"})
+    model = tracker.client.get_registered_model(NAME)
+    assert model.description == "first"
+    assert model.tags == {"symbol": "BTCUSDT", "timeframe": "1h"}
+    stamp = model.last_updated_timestamp
+    tracker.describe_registered_model(NAME, "first", {"symbol": "BTCUSDT", "timeframe": "1h"})
+    assert tracker.client.get_registered_model(NAME).last_updated_timestamp == stamp  # no write
+    tracker.describe_registered_model(NAME, "second", {"timeframe": "4h", "kind": "meta"})
+    model = tracker.client.get_registered_model(NAME)
+    assert model.description == "second"
+    assert model.tags == {"symbol": "BTCUSDT", "timeframe": "4h", "kind": "meta"}
+    with pytest.raises(Exception, match="(?i)not found|does not exist"):
+        tracker.describe_registered_model("no.such.model", "x")
+
+
+def test_load_model_reads_what_was_logged(tracker: Tracker) -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    y = (X["a"] + rng.normal(scale=0.5, size=300) > 0).astype(int)
+    model = LogisticRegression().fit(X.to_numpy(), y)
+    calibrator = fit_calibrator(model.predict_proba(X.to_numpy())[:, 1], y.to_numpy(), "sigmoid")
+    with tracker.run("tests", "logistic", {}) as run_id:
+        tracker.log_dict(run_id, {"features": ["a", "b", "c"]}, "feature_list.json")
+        tracker.log_dict(run_id, calibrator.to_dict(), "calibrator.json")
+        tracker.log_metrics(run_id, {"oof_auc": 0.61, "skipped": float("nan")})
+        tracker.log_metric_steps(run_id, {1: {"fold_auc": 0.6}, 2: {"fold_auc": 0.62}})
+        version = tracker.log_model(model, "logistic", X, NAME, {"model_type": "logistic"})
+        tracker.log_metrics(run_id, {"late": 1.0})
+    # every metric reached the run; the ones logged before the model (step 0) are linked to it, as
+    # MLflow links them itself
+    run = tracker.client.get_run(run_id)
+    assert run.data.metrics == {"oof_auc": 0.61, "fold_auc": 0.62, "late": 1.0}
+    history = tracker.client.get_metric_history(run_id, "fold_auc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.62)]
+    (output,) = run.outputs.model_outputs
+    model_id = output.model_id
+    linked = {m.key: m.value for m in tracker.client.get_logged_model(model_id).metrics}
+    assert linked == {"oof_auc": 0.61}
+    loaded = tracker.load_model(NAME, version.version)
+    assert (loaded.run_id, loaded.model_type, loaded.feature_columns) == (
+        run_id, "logistic", ["a", "b", "c"],
+    )  # fmt: skip
+    assert loaded.calibrator is not None
+    np.testing.assert_allclose(
+        loaded.predict_proba(pl.from_pandas(X)),
+        calibrator.predict(model.predict_proba(X.to_numpy())[:, 1]),
+    )
+    # a version whose recorded hash differs from its files is refused
+    tracker.client.set_model_version_tag(NAME, version.version, ARTIFACT_HASH_TAG, "0" * 64)
+    with pytest.raises(ModelIntegrityError):
+        tracker.load_model(NAME, version.version)
