@@ -45,7 +45,9 @@ def main() -> None:
             tracker.log_metrics(run_id, metrics)
             tracker.log_dict(run_id, {"features": list(X.columns)}, "feature_list.json")
             tracker.log_text(run_id, "trained", "status.txt")
-            version = tracker.log_model(model, "logistic", X.head(5), name, {"k": "v"})
+            version = tracker.log_model(
+                model, "logistic", X.head(5), name, {"model_type": "logistic"}
+            )
         tracker.set_alias(name, "challenger", version.version)
         tracker.describe_registered_model(name, "a meta-learner", {"symbol": f"SYM{i}"})
         tracker.load_model(name, version.version)
@@ -65,7 +67,9 @@ def main() -> None:
                 pip_requirements=pip_requirements("logistic"),
                 serialization_format="cloudpickle",
             )
-            version = mlflow.register_model(info.model_uri, name, tags={"k": "v"}).version
+            version = mlflow.register_model(
+                info.model_uri, name, tags={"model_type": "logistic"}
+            ).version
         client.set_registered_model_alias(name, "challenger", version)
         client.update_registered_model(name, description="a meta-learner")
         client.set_registered_model_tag(name, "symbol", f"SYM{i}")
