@@ -82,8 +82,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         tracker = Tracker(uri)  # creates the store; the reference shares it
-        mlflow.set_experiment("bench_tracking_reference")
         client = mlflow.MlflowClient(uri)
+        # artifacts under the temporary directory (a new experiment's default is ./mlruns)
+        reference_id = client.create_experiment(
+            "bench_tracking_reference", artifact_location=Path(tmp, "reference").as_uri()
+        )
+        mlflow.set_experiment(experiment_id=reference_id)
         results = {}
         for label, step in (
             ("quant_assets Tracker", lambda i: ours(tracker, i)),
