@@ -76,11 +76,7 @@ def equity_curve_png(
     fig.subplots_adjust(left=0.09, right=0.98, top=0.94, bottom=0.06, hspace=0.12)
     equity_ax, dd_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     for name, frame in curves.items():
-        missing = {"timestamp", "equity"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"equity_curve_png: curve {name!r} lacks {sorted(missing)}")
-        x = frame.get_column("timestamp").to_numpy()
-        equity = frame.get_column("equity").to_numpy()
+        x, equity = _equity_xy(frame, name, "equity_curve_png")
         dd = drawdowns(equity)
         shown = _thin(x.size, int(np.argmax(dd)) if dd.size else 0)
         (line,) = equity_ax.plot(x[shown], equity[shown], lw=1.2, label=name)
@@ -116,11 +112,7 @@ def backtest_report_png(
     shown = _thin(x.size, int(np.argmax(dd)) if dd.size else 0)
     equity_ax.plot(x[shown], equity[shown], lw=1.2, color="tab:blue", label=label)
     for name, frame in (others or {}).items():
-        missing = {"timestamp", "equity"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"backtest_report_png: curve {name!r} lacks {sorted(missing)}")
-        ox = frame.get_column("timestamp").to_numpy()
-        oy = frame.get_column("equity").to_numpy()
+        ox, oy = _equity_xy(frame, name, "backtest_report_png")
         kept = _thin(ox.size)
         equity_ax.plot(ox[kept], oy[kept], lw=1.0, alpha=0.8, label=name)
     if others:
@@ -135,6 +127,14 @@ def backtest_report_png(
     )
     _monthly_heatmap(month_ax, monthly_returns(per_bar))
     return _save(fig, path)
+
+
+def _equity_xy(frame: pl.DataFrame, name: str, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps, equity) of a named curve frame; ValueError naming the curve when a column lacks."""
+    missing = {"timestamp", "equity"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{caller}: curve {name!r} lacks {sorted(missing)}")
+    return frame.get_column("timestamp").to_numpy(), frame.get_column("equity").to_numpy()
 
 
 def _drawdown_panel(ax: Axes, x: np.ndarray, dd: np.ndarray, color: str) -> None:

@@ -434,8 +434,8 @@ class Tracker:
         pending = self._pending_metrics.pop(run_id, None)
         if pending:
             self._write_metrics(run_id, pending, model_id)
-        if model_id is not None:  # later metrics of the run wait for its end again
-            self._pending_metrics[run_id] = {}
+        if pending is not None and model_id is not None:
+            self._pending_metrics[run_id] = {}  # later metrics of the run wait for its end again
 
     def _write_metrics(
         self, run_id: str, by_step: dict[int, dict[str, float]], model_id: str | None = None
@@ -591,14 +591,14 @@ class Tracker:
         items = {key: str(value) for key, value in tags.items()}
         if not items:
             return
-        from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
-        from mlflow.utils.validation import _validate_model_version_tag
-
         store = self._sql_registry()
         if store is None:  # a tracking server: one call per tag
             for key, value in items.items():
                 self.client.set_model_version_tag(name, str(version), key, value)
             return
+        from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+        from mlflow.utils.validation import _validate_model_version_tag
+
         for key, value in items.items():
             _validate_model_version_tag(key, value)
         with store.ManagedSessionMaker(read_only=False) as session:

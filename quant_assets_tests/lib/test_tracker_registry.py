@@ -97,3 +97,17 @@ def test_load_model_reads_what_was_logged(tracker: Tracker) -> None:
     tracker.client.set_model_version_tag(NAME, version.version, ARTIFACT_HASH_TAG, "0" * 64)
     with pytest.raises(ModelIntegrityError):
         tracker.load_model(NAME, version.version)
+
+
+def test_a_model_logged_outside_tracker_run_leaves_later_metrics_written(tracker: Tracker) -> None:
+    """Only runs opened by `Tracker.run` hold metrics back; a model logged in a run opened another
+    way must not start holding them (they would never be written)."""
+    import mlflow
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.normal(size=(200, 2)), columns=["a", "b"])
+    model = LogisticRegression().fit(X.to_numpy(), (X["a"] > 0).astype(int))
+    with mlflow.start_run(experiment_id=tracker.experiment_id("tests")) as run:
+        tracker.log_model(model, "logistic", X, NAME, {"model_type": "logistic"})
+        tracker.log_metrics(run.info.run_id, {"after": 1.0})
+    assert tracker.client.get_run(run.info.run_id).data.metrics == {"after": 1.0}
