@@ -15,7 +15,8 @@ peak summed RSS of the process tree.
 
 Two references, each the CPU time (`time.process_time`, every thread) of one process calling
 `quant_assets.lib` directly on the pipeline's bars (same source, seed and window); imports are
-done before either is timed.
+done before either is timed, and they run with one native math thread (OpenBLAS, OpenMP), as the
+pipeline's run processes do (lib.processes.run_process_env).
 
 - core (the list the issue named): per partition, features with the multi-timeframe snapshot,
   labels, cross-sectional ranks, training dataset, purged splits, LightGBM with purged CV and
@@ -1025,6 +1026,11 @@ def main() -> None:
         "--keep", type=Path, help="run in this directory and keep it (instance, MLflow store)"
     )
     args = parser.parse_args()
+    # the references, like the pipeline's run processes, with one native math thread (before NumPy
+    # loads): on a shared core OpenBLAS's and OpenMP's waiting threads would count as their CPU
+    from quant_assets.lib.processes import run_process_env
+
+    os.environ.update(run_process_env())
     symbols = universe(args.symbols)
     timeframes = args.timeframes.split(",")
     start = datetime(2023, 1, 1, tzinfo=UTC)

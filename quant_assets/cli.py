@@ -459,7 +459,10 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-p", str(args.port)]
     argv += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
-    os.execvp(argv[0], argv)
+    from quant_assets.lib.processes import run_process_env
+
+    # the UI's daemon and code servers start the run processes: one native math thread each
+    os.execvpe(argv[0], argv, run_process_env())
     return 0  # not reached
 
 

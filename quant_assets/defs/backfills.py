@@ -32,7 +32,7 @@ from dagster._core.utils import make_new_backfill_id
 
 from quant_assets.defs.daemon import GRPC_TIMEOUT_SECONDS
 from quant_assets.defs.partitions import partition_key
-from quant_assets.lib.processes import pid_alive
+from quant_assets.lib.processes import pid_alive, run_process_env
 
 TAG_INVOCATION = "quant_assets/invocation"
 #: seconds without a line of progress before the watcher says what it waits for
@@ -203,7 +203,10 @@ class ExecutionDaemon:
         sink = None if self.verbose else open(self.log_path, "a")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "quant_assets.defs.daemon"],
-            env={"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ},
+            # its code server's run processes and the warm workers inherit one native math thread
+            env=run_process_env(
+                {"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ}
+            ),
             stdout=sink,
             stderr=subprocess.STDOUT if sink else None,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI, which cancels first

@@ -51,7 +51,7 @@ from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClassData, serialize_value
 
-from quant_assets.lib.processes import pid_alive, read_message, send_message
+from quant_assets.lib.processes import pid_alive, read_message, run_process_env, send_message
 
 #: run tag: the warm worker that executes the run (`<key>:<pid>:<port>`)
 WARM_WORKER_TAG = "quant_assets/warm_worker"
@@ -260,6 +260,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             process = subprocess.Popen(
                 cmd,
                 cwd=cwd,
+                env=run_process_env(),  # one native math thread: the run slots are the parallelism
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -142,7 +142,22 @@ def _drawdown_panel(ax: Axes, x: np.ndarray, dd: np.ndarray, color: str) -> None
     ax.plot(x, -dd, color=color, lw=0.8)
 
 
+def _few_ticks(*axes: Axes, dates: Axes | None = None) -> None:
+    """At most 5 value ticks per axis and 7 date ticks: every tick is two lines, a label and a
+    grid line, drawn and laid out in every run."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+    if dates is not None:
+        locator = AutoDateLocator(minticks=3, maxticks=7)
+        dates.xaxis.set_major_locator(locator)
+        dates.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
 def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
+    _few_ticks(equity_ax, dd_ax, dates=dd_ax)
     equity_ax.set_title(title)
     equity_ax.set_ylabel("equity")
     equity_ax.grid(alpha=0.3)
@@ -221,6 +236,10 @@ def fold_evidence_png(
         np.flatnonzero(selected), sharpe[selected], s=40, color="tab:blue", label="selected"
     )
     trial_ax.axhline(0.0, color="black", lw=0.8)
+    _few_ticks(ret_ax, sharpe_ax, trial_ax)
+    from matplotlib.ticker import MaxNLocator
+
+    trial_ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))  # trials are numbered
     trial_ax.set_title(f"Sharpe of the {sharpe.size} trials (OOF)")
     trial_ax.set_xlabel("trial")
     trial_ax.legend(loc="lower right", fontsize=8)

@@ -7,6 +7,7 @@ passes explicit pip requirements: letting MLflow infer them starts a subprocess 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -91,13 +92,20 @@ def verify_model_artifact(name: str, version: str, recorded: str | None, local: 
 def pip_requirements(model_type: str = "lightgbm") -> list[str]:
     """What a loaded model needs, pinned to the versions that trained it (XGBoost is installed
     from the `xgboost-cpu` distribution here; a loader may use either)."""
+    return list(_pinned_requirements(model_type == "xgboost"))
+
+
+@functools.cache
+def _pinned_requirements(with_xgboost: bool) -> tuple[str, ...]:
+    """Read once per process: each `importlib.metadata.version` parses a METADATA file (a few ms,
+    for every model a worker logs), and the versions a process trains with are those it loaded."""
     packages = ("lightgbm", "scikit-learn", "numpy", "pandas", "scipy")
     pinned = [f"{p}=={version(p)}" for p in packages]
-    if model_type == "xgboost":
+    if with_xgboost:
         import xgboost
 
         pinned.append(f"xgboost=={xgboost.__version__}")
-    return pinned
+    return tuple(pinned)
 
 
 def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:

@@ -63,6 +63,16 @@ def test_same_records_as_dagsters_storage_and_cheaper(tmp_path):
     print(f"200 materializations: {theirs:.2f} CPU-s Dagster's SQLite storage, {ours:.2f} kept")
 
 
+@dg.op
+def noop():
+    return 1
+
+
+@dg.job
+def tiny():
+    noop()
+
+
 def _write_from_child(home: str, prefix: str) -> None:
     with dg.DagsterInstance.from_config(home) as instance:
         _materialize(instance, 50, prefix)
@@ -104,14 +114,6 @@ def test_concurrent_processes_and_a_fork(tmp_path):
 def test_many_run_shards_and_a_wipe(tmp_path, monkeypatch):
     monkeypatch.setattr(pooled, "MAX_SHARD_ENGINES", 4)
 
-    @dg.op
-    def noop():
-        return 1
-
-    @dg.job
-    def tiny():
-        noop()
-
     with _instance(tmp_path / "home") as instance:
         results = [tiny.execute_in_process(instance=instance) for _ in range(7)]
         assert all(r.success for r in results)
@@ -141,3 +143,47 @@ def test_run_and_schedule_storage_threads(tmp_path, kind):
             with ThreadPoolExecutor(4) as pool:
                 states = list(pool.map(lambda _: instance.all_instigator_state(), range(20)))
             assert states == [[]] * 20
+
+
+def test_a_stamped_shard_is_opened_without_reading_the_migration_scripts(tmp_path, monkeypatch):
+    import traceback
+
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    reads = []
+    from_config = ScriptDirectory.from_config.__func__
+    monkeypatch.setattr(
+        ScriptDirectory,
+        "from_config",
+        classmethod(
+            lambda cls, config: (
+                reads.append(traceback.extract_stack()[-3].filename) or from_config(cls, config)
+            )
+        ),
+    )
+
+    home = tmp_path / "home"
+    with _instance(home) as instance:
+        run_id = tiny.execute_in_process(instance=instance).run_id
+    # a new shard: Dagster's own path created and stamped it
+    assert any(path.endswith("sqlite_event_log.py") for path in reads), reads
+    db = home / "history" / "runs" / f"{run_id}.db"
+    with create_engine(f"sqlite:///{db}").connect() as conn:
+        stamped = MigrationContext.configure(conn).get_current_revision()
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log
+    from dagster._core.storage.sql import get_alembic_config
+
+    head = from_config(
+        ScriptDirectory, get_alembic_config(sqlite_event_log.__file__)
+    ).get_current_head()
+    assert stamped == head  # the revision Dagster's own path would check against
+    reads.clear()
+    # another process opening the stamped shards (as the CLI, the daemon and the worker each do):
+    # only the run and schedule storages read the scripts, once per process
+    with dg.DagsterInstance.from_config(str(home)) as again:
+        events = again.all_logs(run_id)
+        assert again.fetch_materializations(dg.AssetKey("a0"), limit=1).records == []  # index
+    assert not any(path.endswith("sqlite_event_log.py") for path in reads), reads
+    assert any(e.dagster_event_type == dg.DagsterEventType.RUN_SUCCESS for e in events)

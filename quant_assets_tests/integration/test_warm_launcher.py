@@ -21,7 +21,7 @@ from dagster._core.launcher.base import WorkerStatus
 from quant_assets.defs import warm_worker
 from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME
 from quant_assets.defs.warm_launcher import WARM_WORKER_TAG, read_state
-from quant_assets.lib.processes import pid_alive
+from quant_assets.lib.processes import NATIVE_THREAD_VARIABLES, pid_alive
 from quant_assets.lib.stores import TradingStore, sql_url_for
 from quant_assets.lib.tracking import Tracker
 from quant_assets_tests.lib.bars_factory import make_bars
@@ -92,6 +92,14 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                 assert len(pids) == 1, pids
                 worker_pid = pids.pop()
                 assert worker_pid not in (os.getpid(), daemon.pid)
+                # one native math thread in the worker: the run slots are the parallelism
+                environ = dict(
+                    item.split("=", 1)
+                    for item in Path(f"/proc/{worker_pid}/environ").read_text().split("\0")
+                    if "=" in item
+                )
+                for name in NATIVE_THREAD_VARIABLES:
+                    assert environ.get(name) == os.environ.get(name, "1"), name
                 assert {meta["process_pid"] for _, meta in runs} == {worker_pid}
                 # the same bar-close server: models loaded and histories read once, then extended
                 assert [meta["process_closes_served"] for _, meta in runs] == [1, 2, 3]

@@ -70,6 +70,28 @@ def test_equity_curve_png_draws_several_curves(tmp_path):
         equity_curve_png({}, tmp_path / "empty.png", "nothing")
 
 
+@pytest.mark.parametrize(
+    ("bars", "step"),
+    [(1, "1h"), (2, "1h"), (10, "1m"), (48, "1h"), (30, "1d"), (26_000, "1h"), (10_950, "1d")],
+)
+def test_the_date_axis_draws_any_span_without_a_warning(tmp_path, bars, step):
+    """The date axis has at most 7 ticks (`_few_ticks`): matplotlib's AutoDateLocator warns when
+    it finds no interval for a span, and a chart is drawn for every partition, whatever its bars."""
+    import warnings
+
+    seconds = {"1m": 60, "1h": 3600, "1d": 86400}[step]
+    start = _utc(2023, 1, 1).timestamp()
+    frame = pl.DataFrame(
+        {
+            "timestamp": [datetime.fromtimestamp(start + i * seconds, UTC) for i in range(bars)],
+            "equity": np.linspace(1.0, 1.2, bars),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_png(equity_curve_png({"curve": frame}, tmp_path / "equity.png", "span"))
+
+
 def test_backtest_report_png(tmp_path):
     result = _result(3)
     assert monthly_returns(result.per_bar).height == 4  # 120 days from Jan 1st to Apr 29th

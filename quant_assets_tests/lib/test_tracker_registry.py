@@ -111,3 +111,19 @@ def test_a_model_logged_outside_tracker_run_leaves_later_metrics_written(tracker
         tracker.log_model(model, "logistic", X, NAME, {"model_type": "logistic"})
         tracker.log_metrics(run.info.run_id, {"after": 1.0})
     assert tracker.client.get_run(run.info.run_id).data.metrics == {"after": 1.0}
+
+
+def test_pip_requirements_pin_the_loaded_versions_and_are_a_fresh_list_each_time() -> None:
+    from importlib.metadata import version
+
+    import xgboost
+
+    from quant_assets.lib.tracking import pip_requirements
+
+    first = pip_requirements("lightgbm")
+    assert first == [
+        f"{p}=={version(p)}" for p in ("lightgbm", "scikit-learn", "numpy", "pandas", "scipy")
+    ]
+    first.append("something-else==1")  # a caller adding its own does not change the next model's
+    assert pip_requirements("logistic") == first[:-1]
+    assert pip_requirements("xgboost") == first[:-1] + [f"xgboost=={xgboost.__version__}"]
