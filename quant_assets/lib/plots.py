@@ -142,9 +142,10 @@ def _drawdown_panel(ax: Axes, x: np.ndarray, dd: np.ndarray, color: str) -> None
     ax.plot(x, -dd, color=color, lw=0.8)
 
 
-def _few_ticks(*axes: Axes, dates: Axes | None = None) -> None:
-    """At most 5 value ticks per axis and 7 date ticks: every tick is two lines, a label and a
-    grid line, drawn and laid out in every run."""
+def _few_ticks(*axes: Axes, dates: Axes | None = None, counts: Axes | None = None) -> None:
+    """At most 5 value ticks per axis, 7 date ticks on the x axis of `dates` and 6 integer ticks on
+    the x axis of `counts`: every tick is two lines, a label and a grid line, drawn and laid out in
+    every run."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.ticker import MaxNLocator
 
@@ -154,6 +155,8 @@ def _few_ticks(*axes: Axes, dates: Axes | None = None) -> None:
         locator = AutoDateLocator(minticks=3, maxticks=7)
         dates.xaxis.set_major_locator(locator)
         dates.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if counts is not None:
+        counts.xaxis.set_major_locator(MaxNLocator(6, integer=True))
 
 
 def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
@@ -236,10 +239,7 @@ def fold_evidence_png(
         np.flatnonzero(selected), sharpe[selected], s=40, color="tab:blue", label="selected"
     )
     trial_ax.axhline(0.0, color="black", lw=0.8)
-    _few_ticks(ret_ax, sharpe_ax, trial_ax)
-    from matplotlib.ticker import MaxNLocator
-
-    trial_ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))  # trials are numbered
+    _few_ticks(ret_ax, sharpe_ax, trial_ax, counts=trial_ax)  # trials are numbered
     trial_ax.set_title(f"Sharpe of the {sharpe.size} trials (OOF)")
     trial_ax.set_xlabel("trial")
     trial_ax.legend(loc="lower right", fontsize=8)
