@@ -71,12 +71,16 @@ schedule_storage:
   class: PooledSqliteScheduleStorage
   config:
     base_dir: {json.dumps(str(home / "schedules"))}
-run_queue:
-  dequeue_interval_seconds: 1
-  # a code server too busy to answer StartRun within the gRPC timeout (a saturated machine) puts
-  # the run back in the queue instead of failing it
-  max_user_code_failure_retries: 5
-  user_code_failure_retry_delay: 10
+# Dagster's run queue, starting a finer timeframe's runs first (defs/run_queue.py)
+run_coordinator:
+  module: quant_assets.defs.run_queue
+  class: PriorityRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+    # a code server too busy to answer StartRun within the gRPC timeout (a saturated machine)
+    # puts the run back in the queue instead of failing it
+    max_user_code_failure_retries: 5
+    user_code_failure_retry_delay: 10
 concurrency:
   runs:
     max_concurrent_runs: {run_slots}

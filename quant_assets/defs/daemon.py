@@ -73,9 +73,12 @@ def _on_sigterm(*_) -> None:
 
 
 def run_slots(instance) -> int | None:
-    """How many runs the instance's run queue runs at once (None: no limit, or not a queue)."""
-    get_config = getattr(instance.run_coordinator, "get_run_queue_config", None)
-    limit = get_config().max_concurrent_runs if get_config is not None else None
+    """How many runs the instance's run queue runs at once (None: no limit, or not a queue): the
+    limit its daemon applies, from `concurrency: runs:` or the run coordinator's own config (the
+    coordinator's config alone reads Dagster's default of 10 when the limit is under
+    `concurrency`, as in the embedded instance)."""
+    config = instance.get_concurrency_config().run_queue_config
+    limit = config.max_concurrent_runs if config is not None else None
     return limit if limit is not None and limit > 0 else None
 
 
@@ -150,8 +153,15 @@ def iteration_due(
     next free slot; waiting for a free slot instead left one idle for the 5-8 s of the next
     iteration and launch at every stage: 169 % instead of 177 % CPU at 64 x 3). Otherwise an
     iteration runs when quiet and something changed, when nothing is in flight, every
-    SETTLE_MAX_SECONDS when quiet, and at 4 x that regardless."""
+    SETTLE_MAX_SECONDS when quiet, and at 4 x that regardless.
+
+    When nothing is in flight and something changed (the stage's last run finished, a backfill
+    was requested), it runs at once: a run stores its materializations before it ends, so no
+    batch can be half stored, and waiting SETTLE_QUIET_SECONDS left both cores idle at every
+    stage that ends with no run queued (twice per backfill at 16 x 3)."""
     if canceling:
+        return True
+    if changed and in_flight == 0:
         return True
     if slots is not None and in_flight > slots:
         return False

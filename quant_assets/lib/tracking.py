@@ -108,6 +108,29 @@ def _pinned_requirements(with_xgboost: bool) -> tuple[str, ...]:
     return tuple(pinned)
 
 
+@functools.cache
+def _check_requirements_once() -> None:
+    """MLflow checks a model's pip requirements against the installed packages at every
+    `log_model` (an `importlib.metadata` lookup per requirement: about 5 ms a model, 1 % of a
+    pipeline's CPU). The requirements logged here are read from the installed versions
+    (`_pinned_requirements`), so a process checks each distinct list once: the warning MLflow
+    prints for a mismatch still appears, once. A no-op when MLflow no longer has the function."""
+    import mlflow.utils.environment as environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:
+        return
+    checked: set[tuple[str, ...]] = set()
+
+    def once(requirements: list[str]) -> None:
+        key = tuple(requirements)
+        if key not in checked:
+            checked.add(key)
+            check(requirements)
+
+    environment.warn_dependency_requirement_mismatches = once
+
+
 def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:
     """`direction.BTCUSDT.1h` per partition; `direction_global.1h` for a timeframe's global model."""
     return f"{kind}.{symbol}.{timeframe}" if symbol else f"{kind}.{timeframe}"
@@ -503,6 +526,7 @@ class Tracker:
         # with an input example MLflow loads every model back and predicts it at registration
         # (about a third of the cost of logging a meta-learner)
         signature = infer_signature(example, np.full(len(example), 0.5))
+        _check_requirements_once()
         common = dict(
             name="model", signature=signature, pip_requirements=pip_requirements(model_type)
         )
@@ -518,11 +542,7 @@ class Tracker:
         active = mlflow.active_run()
         # the run's metrics so far, linked to the model, before a version can exist
         self._flush_metrics(active.info.run_id, model_id=info.model_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
-            tags = {**tags, ARTIFACT_HASH_TAG: directory_digest(local)}
+        tags = {**tags, ARTIFACT_HASH_TAG: self._logged_digest(info)}
         with contextlib.redirect_stderr(io.StringIO()):
             registered = mlflow.register_model(
                 info.model_uri,
@@ -534,6 +554,26 @@ class Tracker:
         return RegisteredVersion(
             registered_name, version, active.info.run_id, f"models:/{registered_name}/{version}"
         )
+
+    def _logged_digest(self, info: Any) -> str:
+        """`directory_digest` of a model just logged: read in place when its artifact store is a
+        local directory, else from a downloaded copy (the same files: a download only adds
+        MLflow's `registered_model_meta`, which the digest skips). The copy cost about as much
+        CPU as the hash, through MLflow's download thread pool, for every model a step logs."""
+        from urllib.parse import urlparse
+
+        import mlflow
+
+        location = urlparse(str(info.artifact_path or ""))
+        if location.scheme in ("", "file") and Path(location.path).is_absolute():
+            local = Path(location.path)
+            if local.is_dir():
+                return directory_digest(local)
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            return directory_digest(copy)
 
     def load_model(self, name: str, version: str) -> LoadedModel:
         """Load a registered version with the calibrator and feature list logged beside it, after

@@ -2,7 +2,9 @@
 inputs: a finished run, a backfill to act on, nothing in flight) and its stop watchdog (a daemon
 that does not stop after SIGTERM says where its threads are and exits, so the CLI, which waits
 30 s, and supervisors are never held up). The effect on a real backfill is checked by the demo
-test (one run per stage and timeframe)."""
+test (one run per stage and timeframe). Also the instance's run coordinator (`defs/run_queue.py`):
+Dagster's run queue, every queued run given a priority from its partitions' timeframe, and the
+auto batch size of the partitioned assets (`symbols_per_run`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,21 @@ import time
 import uuid
 
 import dagster as dg
+import yaml
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.run_coordinator import SubmitRunContext
+from dagster._core.storage.tags import PRIORITY_TAG
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+    QueuedRunCoordinatorDaemon,
+)
 
+from quant_assets.defs.backfills import instance_yaml
 from quant_assets.defs.daemon import (
     SETTLE_MAX_SECONDS,
     STOP_GRACE_SECONDS,
@@ -22,6 +37,8 @@ from quant_assets.defs.daemon import (
     run_slots,
     settle_signature,
 )
+from quant_assets.defs.run_queue import run_priority
+from quant_assets.lib.settings import load_settings
 
 
 @dg.op
@@ -111,6 +128,10 @@ def test_an_iteration_waits_while_a_run_is_queued() -> None:
     assert not iteration_due(in_flight=3, slots=2, **late)
     # nothing in flight: every look once quiet (a backfill just requested)
     assert iteration_due(in_flight=0, slots=2, **still)
+    assert not iteration_due(in_flight=0, slots=2, **(still | {"quiet": False}))
+    # the last run of a stage finished: every batch is stored, no need to wait for quiet
+    assert iteration_due(in_flight=0, slots=2, **(look | {"quiet": False}))
+    assert not iteration_due(in_flight=1, slots=2, **(look | {"quiet": False}))
 
 
 def test_run_slots_reads_the_run_queue(tmp_path) -> None:
@@ -128,6 +149,13 @@ def test_run_slots_reads_the_run_queue(tmp_path) -> None:
     overrides["run_coordinator"]["config"] = {"max_concurrent_runs": -1}
     with dg.instance_for_test(temp_dir=str(unlimited), overrides=overrides) as instance:
         assert run_slots(instance) is None
+    # the embedded instance: the limit under `concurrency: runs:`, the priority queue as coordinator
+    embedded = tmp_path / "embedded"
+    embedded.mkdir()
+    config = yaml.safe_load(instance_yaml(3, embedded))
+    with dg.instance_for_test(temp_dir=str(embedded), overrides=config) as instance:
+        assert type(instance.run_coordinator).__name__ == "PriorityRunCoordinator"
+        assert run_slots(instance) == 3
 
 
 def test_a_stop_that_hangs_dumps_the_threads_and_exits() -> None:
@@ -151,3 +179,92 @@ def test_a_stop_that_hangs_dumps_the_threads_and_exits() -> None:
     assert "stuck_daemon_thread" in out  # the stack of the thread that held it
     # shorter than the 30 s the CLI waits before it kills the daemon's process group
     assert STOP_GRACE_SECONDS < 30
+
+
+def test_priority_follows_the_finest_timeframe_of_the_partitions() -> None:
+    assert run_priority({"dagster/partition": "BTCUSDT|1h"}) == -6
+    assert run_priority({"dagster/partition": "4h"}) == -8  # a timeframe-partitioned asset
+    whole_range = {
+        "dagster/asset_partition_range_start": "AAPL|1d",
+        "dagster/asset_partition_range_end": "XRPUSDT|1d",
+    }
+    assert run_priority(whole_range) == -10
+    one_symbol = {
+        "dagster/asset_partition_range_start": "BTCUSDT|1h",
+        "dagster/asset_partition_range_end": "BTCUSDT|1d",
+    }
+    assert run_priority(one_symbol) == -6  # the finest of the range
+    assert run_priority({"dagster/partition": "BTCUSDT|15m"}) == -4
+    assert run_priority({"dagster/partition": "BTCUSDT|1m"}) == 0
+    # no timeframe: unpartitioned, another partitioning, a foreign key
+    assert run_priority({}) is None
+    assert run_priority({"dagster/partition": "2026-06-30"}) is None
+    assert run_priority({"dagster/partition": "BTCUSDT|2h"}) is None
+
+
+def test_queued_runs_start_finest_timeframe_first(tmp_path) -> None:
+    """Runs queued in the order a stage's parents finished (1d, 4h, 1h) are started by Dagster's
+    queue daemon in the order 1h, 4h, 1d, then the unpartitioned run queued first; a priority set
+    by the user is kept."""
+    config = yaml.safe_load(instance_yaml(2, tmp_path))
+    # a queued run names the code it runs (this module, loaded in process)
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(
+            InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=__file__)),
+            "__repository__",
+        ),
+        "_job",
+    )
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=config) as instance:
+        assert type(instance.run_coordinator).__name__ == "PriorityRunCoordinator"
+        queued = {}
+        for name, tags in (
+            ("unpartitioned", {}),
+            ("1d", {"dagster/partition": "BTCUSDT|1d"}),
+            ("4h", {"dagster/partition": "BTCUSDT|4h"}),
+            ("1h", {"dagster/partition": "BTCUSDT|1h"}),
+            ("user", {"dagster/partition": "BTCUSDT|1d", PRIORITY_TAG: "5"}),
+        ):
+            run = instance.create_run_for_job(_job, tags=tags, remote_job_origin=origin)
+            stored = instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
+            assert stored.status == dg.DagsterRunStatus.QUEUED
+            queued[name] = stored
+        tags = {name: run.tags.get(PRIORITY_TAG) for name, run in queued.items()}
+        assert tags == {"unpartitioned": None, "1d": "-10", "4h": "-8", "1h": "-6", "user": "5"}
+        # the order Dagster's queue daemon dequeues them in (its own sort of the queued runs)
+        runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        order = [run.run_id for run in daemon._priority_sort(list(reversed(runs)))]
+        names = {run.run_id: name for name, run in queued.items()}
+        assert [names[r] for r in order] == ["user", "unpartitioned", "1h", "4h", "1d"]
+
+
+def test_auto_batch_spreads_each_timeframe_over_the_slots_from_eight_symbols_a_slot(
+    tmp_path,
+) -> None:
+    """`symbols_per_run` auto: one run per timeframe for a small universe (the demo: fewer runs),
+    each timeframe over every slot from 8 symbols a slot on (its finest timeframe holds most of a
+    stage's work), at most 64 partitions a run; the setting wins."""
+    import dataclasses
+
+    from quant_assets.defs.partitions import symbols_per_run
+
+    base = dataclasses.replace(
+        load_settings(), watchlist=str(tmp_path / "absent.txt"), symbols_per_run=0
+    )
+
+    def auto(symbols: int, slots: int) -> int:
+        universe = tuple(f"SYM{i:03d}USDT" for i in range(symbols))
+        return symbols_per_run(
+            dataclasses.replace(base, universe=universe, max_concurrent_runs=slots)
+        )
+
+    assert auto(4, 2) == 4  # the demo: 3 runs per stage (one per timeframe)
+    assert auto(12, 2) == 12
+    assert auto(16, 2) == 8  # 6 runs per stage
+    assert auto(64, 2) == 32
+    assert auto(64, 1) == 64  # one slot: nothing to spread over
+    assert auto(500, 2) == 64  # the cap
+    assert auto(4, 4) == 2  # more slots than timeframes: spread as before
+    assert auto(64, 8) == 8
+    assert symbols_per_run(dataclasses.replace(base, symbols_per_run=5)) == 5

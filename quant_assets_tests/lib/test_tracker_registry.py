@@ -61,7 +61,7 @@ def test_describe_writes_only_differences(tracker: Tracker) -> None:
         tracker.describe_registered_model("no.such.model", "x")
 
 
-def test_load_model_reads_what_was_logged(tracker: Tracker) -> None:
+def test_load_model_reads_what_was_logged(tracker: Tracker, tmp_path) -> None:
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     y = (X["a"] + rng.normal(scale=0.5, size=300) > 0).astype(int)
@@ -93,6 +93,19 @@ def test_load_model_reads_what_was_logged(tracker: Tracker) -> None:
         loaded.predict_proba(pl.from_pandas(X)),
         calibrator.predict(model.predict_proba(X.to_numpy())[:, 1]),
     )
+    # the hash recorded at logging (read in place from the local store) is that of a downloaded copy
+    import mlflow
+
+    from quant_assets.lib.tracking import directory_digest
+
+    (tmp_path / "copy").mkdir()
+    copy = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.model_uri,
+        dst_path=str(tmp_path / "copy"),
+        tracking_uri=tracker.tracking_uri,
+    )
+    recorded = tracker.version_tags(NAME, version.version)[ARTIFACT_HASH_TAG]
+    assert recorded == directory_digest(copy)
     # a version whose recorded hash differs from its files is refused
     tracker.client.set_model_version_tag(NAME, version.version, ARTIFACT_HASH_TAG, "0" * 64)
     with pytest.raises(ModelIntegrityError):
@@ -127,3 +140,25 @@ def test_pip_requirements_pin_the_loaded_versions_and_are_a_fresh_list_each_time
     first.append("something-else==1")  # a caller adding its own does not change the next model's
     assert pip_requirements("logistic") == first[:-1]
     assert pip_requirements("xgboost") == first[:-1] + [f"xgboost=={xgboost.__version__}"]
+
+
+def test_mlflow_checks_each_requirement_list_once_per_process(caplog) -> None:
+    """MLflow compares a model's requirements with the installed packages at every `log_model`;
+    ours are read from the installed versions, so each distinct list is checked once, and a
+    mismatch is still reported (once)."""
+    import logging
+
+    import mlflow.utils.environment as environment
+
+    from quant_assets.lib.tracking import _check_requirements_once
+
+    _check_requirements_once()
+    check = environment.warn_dependency_requirement_mismatches
+    assert check.__name__ == "once"
+    wrong = ["numpy==0.0.1"]
+    with caplog.at_level(logging.WARNING, logger="mlflow.utils.requirements_utils"):
+        check(wrong)
+        check(list(wrong))
+        check(["numpy==0.0.1", "scipy==0.0.1"])
+    warned = [r.getMessage() for r in caplog.records if "mismatches" in r.getMessage()]
+    assert len(warned) == 2 and "numpy" in warned[0] and "scipy" in warned[1]
