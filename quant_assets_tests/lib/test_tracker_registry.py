@@ -162,3 +162,28 @@ def test_mlflow_checks_each_requirement_list_once_per_process(caplog) -> None:
         check(["numpy==0.0.1", "scipy==0.0.1"])
     warned = [r.getMessage() for r in caplog.records if "mismatches" in r.getMessage()]
     assert len(warned) == 2 and "numpy" in warned[0] and "scipy" in warned[1]
+
+
+def test_mlflow_telemetry_is_off_unless_the_environment_says_otherwise() -> None:
+    """Importing the project before MLflow turns MLflow's usage telemetry off (no client, no
+    thread); a value already in the environment is kept."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, quant_assets, mlflow\n"
+        "from mlflow.telemetry import get_telemetry_client\n"
+        "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], get_telemetry_client() is None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["true", "True"]
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"
+    script = "import os, quant_assets; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    kept = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert kept.stdout.strip() == "false"
