@@ -23,7 +23,7 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.tags import PRIORITY_TAG
 
 from quant_assets.lib.errors import InvalidTimeframeError
-from quant_assets.lib.timeframes import check_timeframe, timeframe_seconds
+from quant_assets.lib.timeframes import timeframe_seconds
 
 #: the run tags naming the partitions of a run (one partition, or the two ends of a range)
 PARTITION_TAGS = (
@@ -33,10 +33,10 @@ PARTITION_TAGS = (
 )
 
 
-def _timeframe(key: str) -> str | None:
-    """The timeframe of a partition key ("SYMBOL|tf" or "tf"), None when it names none."""
+def _timeframe_seconds(key: str) -> int | None:
+    """Seconds of the timeframe a partition key names ("SYMBOL|tf" or "tf"), None when none."""
     try:
-        return check_timeframe(key.rsplit("|", 1)[-1])
+        return timeframe_seconds(key.rsplit("|", 1)[-1])
     except InvalidTimeframeError:
         return None
 
@@ -44,13 +44,12 @@ def _timeframe(key: str) -> str | None:
 def run_priority(tags: Mapping[str, str]) -> int | None:
     """The queue priority of a run with these tags: minus log2 of its finest timeframe in minutes
     (1h: -6, 4h: -8, 1d: -10), None when its partitions name no timeframe."""
-    timeframes = [
-        tf for name in PARTITION_TAGS if (tf := _timeframe(tags.get(name, ""))) is not None
+    seconds = [
+        s for name in PARTITION_TAGS if (s := _timeframe_seconds(tags.get(name, ""))) is not None
     ]
-    if not timeframes:
+    if not seconds:
         return None
-    finest = min(timeframe_seconds(tf) for tf in timeframes)
-    return -round(math.log2(max(finest, 60) / 60))
+    return -round(math.log2(min(seconds) / 60))
 
 
 class PriorityRunCoordinator(dg.QueuedRunCoordinator):

@@ -565,10 +565,9 @@ class Tracker:
         import mlflow
 
         location = urlparse(str(info.artifact_path or ""))
-        if location.scheme in ("", "file") and Path(location.path).is_absolute():
-            local = Path(location.path)
-            if local.is_dir():
-                return directory_digest(local)
+        local = Path(location.path)
+        if location.scheme in ("", "file") and local.is_absolute() and local.is_dir():
+            return directory_digest(local)
         with tempfile.TemporaryDirectory() as tmp:
             copy = mlflow.artifacts.download_artifacts(
                 artifact_uri=info.model_uri, dst_path=tmp, tracking_uri=self.tracking_uri
