@@ -167,12 +167,31 @@ class _KeptEngine:
         self._drop_engine(close=True)
 
 
+@contextmanager
+def _opening_lock(base_dir: str) -> Iterator[None]:
+    """An exclusive file lock in `base_dir` while a process opens (and, on a fresh folder, creates
+    and stamps) a database there. Dagster's `from_local` creates the tables and stamps alembic's
+    revision when it finds none: two processes opening a fresh `schedules.db` at once both stamped
+    it, and every later open failed with "Version table 'alembic_version' has more than one head
+    present" (seen once in a fresh-clone CI run, a warm worker and the daemon starting together)."""
+    import fcntl
+
+    os.makedirs(base_dir, exist_ok=True)
+    with open(os.path.join(base_dir, ".quant_assets_open.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class PooledSqliteRunStorage(_KeptEngine, SqliteRunStorage):
     """Dagster's SQLite run storage (`runs.db` under `base_dir`), engine kept."""
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        return cls.from_local(inst_data=inst_data, **config_value)
+        with _opening_lock(config_value["base_dir"]):
+            return cls.from_local(inst_data=inst_data, **config_value)
 
 
 class PooledSqliteScheduleStorage(_KeptEngine, SqliteScheduleStorage):
@@ -180,4 +199,5 @@ class PooledSqliteScheduleStorage(_KeptEngine, SqliteScheduleStorage):
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        return cls.from_local(inst_data=inst_data, **config_value)
+        with _opening_lock(config_value["base_dir"]):
+            return cls.from_local(inst_data=inst_data, **config_value)
