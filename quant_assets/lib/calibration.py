@@ -142,6 +142,8 @@ def calibration_plot_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     from matplotlib.figure import Figure
 
+    from quant_assets.lib.plots import PNG_OPTIONS, TITLE_AT_TOP
+
     # a bare Figure renders with Agg without touching pyplot's global state or any display
     # fixed margins: the constrained-layout solver draws every figure twice (it was half the
     # cost of a plot, paid in every training run)
@@ -157,12 +159,11 @@ def calibration_plot_png(
         ece = expected_calibration_error(y, prob, n_bins)
         top.plot(table["mean_pred"], table["frac_pos"], marker="o", label=f"{name} (ECE {ece:.4f})")
         bottom.hist(np.asarray(prob, dtype=np.float64), bins=edges, histtype="step", label=name)
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction of positives", title=title)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction of positives")
+    top.set_title(title, y=TITLE_AT_TOP)
     top.legend(loc="upper left", fontsize="small")
     top.grid(alpha=0.3)
     bottom.set(xlabel="predicted probability", ylabel="rows")
     bottom.grid(alpha=0.3)
-    from quant_assets.lib.plots import PNG_OPTIONS
-
     fig.savefig(path, **PNG_OPTIONS)
     return path

@@ -19,6 +19,12 @@ if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (cheap start
 
 _MONTHS = "JFMAMJJASOND"
 
+#: every title at the top of its axes, as matplotlib places it when no tick label is above the
+#: axes (ours are below): an explicit position skips matplotlib's search for one, which measures
+#: every tick label of the axes and its siblings at each draw (7-21 % of a chart's CPU here, for
+#: pixel-identical PNGs)
+TITLE_AT_TOP = 1.0
+
 
 def _figure(**kwargs: Any):
     """A bare matplotlib Figure (Agg canvas, no pyplot state)."""
@@ -161,7 +167,7 @@ def _few_ticks(*axes: Axes, dates: Axes | None = None, counts: Axes | None = Non
 
 def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
     _few_ticks(equity_ax, dd_ax, dates=dd_ax)
-    equity_ax.set_title(title)
+    equity_ax.set_title(title, y=TITLE_AT_TOP)
     equity_ax.set_ylabel("equity")
     equity_ax.grid(alpha=0.3)
     equity_ax.tick_params(labelbottom=False)  # the drawdown panel below shares and labels x
@@ -179,12 +185,13 @@ def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
     image = ax.imshow(grid, cmap="RdYlGn", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_xticks(range(12), list(_MONTHS))
     ax.set_yticks(range(len(years)), [str(y) for y in years])
-    ax.set_title("monthly returns")
-    if grid.size <= 240:  # labels stay legible up to 20 years
+    ax.set_title("monthly returns", y=TITLE_AT_TOP)
+    if grid.size <= 240:  # labels stay legible up to 20 years; each cell says its return
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=7)
-    ax.figure.colorbar(image, ax=ax, format=_percent())
+    else:  # a colour scale instead (a colour bar is an axes of its own: 12 % of the chart)
+        ax.figure.colorbar(image, ax=ax, format=_percent())
 
 
 #: zlib level of the PNG files: 1 instead of 6 draws and saves a 11 x 10 inch chart in 247 ms
@@ -226,9 +233,9 @@ def fold_evidence_png(
     colors = np.where(returns > 0, "tab:green", "tab:red")
     ret_ax.bar(labels, returns, color=colors)
     ret_ax.yaxis.set_major_formatter(_percent())
-    ret_ax.set_title("total return per fold")
+    ret_ax.set_title("total return per fold", y=TITLE_AT_TOP)
     sharpe_ax.bar(labels, folds["sharpe"].fill_nan(0.0).fill_null(0.0).to_numpy(), color=colors)
-    sharpe_ax.set_title("annualized Sharpe per fold")
+    sharpe_ax.set_title("annualized Sharpe per fold", y=TITLE_AT_TOP)
     for ax in (ret_ax, sharpe_ax):
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xlabel("fold")
@@ -240,7 +247,7 @@ def fold_evidence_png(
     )
     trial_ax.axhline(0.0, color="black", lw=0.8)
     _few_ticks(ret_ax, sharpe_ax, trial_ax, counts=trial_ax)  # trials are numbered
-    trial_ax.set_title(f"Sharpe of the {sharpe.size} trials (OOF)")
+    trial_ax.set_title(f"Sharpe of the {sharpe.size} trials (OOF)", y=TITLE_AT_TOP)
     trial_ax.set_xlabel("trial")
     trial_ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
