@@ -187,3 +187,29 @@ def test_a_stamped_shard_is_opened_without_reading_the_migration_scripts(tmp_pat
         assert again.fetch_materializations(dg.AssetKey("a0"), limit=1).records == []  # index
     assert not any(path.endswith("sqlite_event_log.py") for path in reads), reads
     assert any(e.dagster_event_type == dg.DagsterEventType.RUN_SUCCESS for e in events)
+
+
+def test_commits_sync_to_disk_only_at_checkpoints_in_wal_mode(tmp_path):
+    """Every connection of the three storages to a WAL file runs with synchronous=NORMAL (1);
+    a file in rollback-journal mode keeps SQLite's FULL (2)."""
+    import sqlalchemy as sa
+
+    with _instance(tmp_path / "home") as instance:
+        _materialize(instance, 3)
+        assert tiny.execute_in_process(instance=instance).success  # a run, its shard
+        storages = {
+            "runs": instance.run_storage.connect(),
+            "schedules": instance.schedule_storage.connect(),
+            "index": instance.event_log_storage.index_connection(),
+        }
+        for name, connecting in storages.items():
+            with connecting as conn:
+                mode = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
+                synchronous = conn.execute(sa.text("PRAGMA synchronous")).scalar()
+            assert (str(mode).lower(), synchronous) == ("wal", 1), name
+    plain = tmp_path / "plain.db"
+    engine = pooled._engine(f"sqlite:///{plain}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "delete"
+        assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 2
+    engine.dispose()
