@@ -292,6 +292,8 @@ class Tracker:
         #: metrics of the runs opened by `run`, written when a model is logged (linked to it, as
         #: MLflow links the metrics a run holds when its model is logged) or when the run ends
         self._pending_metrics: dict[str, dict[int, dict[str, float]]] = {}
+        #: experiment id of each run opened by `run` (for its URL)
+        self._run_experiments: dict[str, str] = {}
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -405,10 +407,10 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         # a connection string in a tag (the data source) never carries its password
         tags = {k: mask_secrets(str(v)) for k, v in tags.items()}
-        with mlflow.start_run(
-            experiment_id=self.experiment_id(experiment), run_name=run_name, tags=tags
-        ) as active:
+        experiment_id = self.experiment_id(experiment)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as active:
             run_id = active.info.run_id
+            self._run_experiments[run_id] = experiment_id
             self._pending_metrics[run_id] = {}
             try:
                 yield run_id
@@ -419,9 +421,11 @@ class Tracker:
             self._flush_metrics(run_id)
 
     def run_url(self, run_id: str) -> str:
-        """The run's page in the MLflow UI (`ui_url`)."""
-        run = self.client.get_run(run_id)
-        return f"{self.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        """The run's page in the MLflow UI (`ui_url`); a run this tracker opened is not read back."""
+        experiment_id = self._run_experiments.get(run_id)
+        if experiment_id is None:
+            experiment_id = self.client.get_run(run_id).info.experiment_id
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def version_url(self, name: str, version: str) -> str:
         """A registered model version's page in the MLflow UI (`ui_url`)."""

@@ -25,6 +25,8 @@ def test_run_and_version_links_use_the_ui_url(mlflow_uri) -> None:
     assert tracker.run_url(run_id) == (
         f"http://ui.example:8080/#/experiments/{experiment}/runs/{run_id}"
     )
+    # a run opened by another tracker (another step) is looked up: the same link
+    assert Tracker(mlflow_uri, "http://ui.example:8080/").run_url(run_id) == tracker.run_url(run_id)
     assert tracker.version_url("direction.BTCUSDT.1h", "3") == (
         "http://ui.example:8080/#/models/direction.BTCUSDT.1h/versions/3"
     )
