@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -512,21 +513,30 @@ def oof_predictions_frame(oof: pl.DataFrame) -> pl.DataFrame:
 
 
 def _version_trials(tracker: Any, version: Any) -> tuple[dict[str, Any], pl.DataFrame] | None:
-    """trials.json and the OOF predictions logged by a version's training run, or None."""
-    import mlflow
+    """trials.json and the OOF predictions logged by a version's training run, or None.
+
+    `version`: a model version or a run's info (with `run_id`; a run's info has its
+    `artifact_uri` too). Both files from the run's artifact repository, resolved once (MLflow's
+    `download_artifacts(run_id=...)` reads the run again for every file)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
-        names = {a.path for a in tracker.client.list_artifacts(version.run_id)}
+        artifact_uri = getattr(version, "artifact_uri", None) or (
+            tracker.client.get_run(version.run_id).info.artifact_uri
+        )
+        import mlflow
+
+        mlflow.set_tracking_uri(tracker.tracking_uri)  # mlflow-artifacts: URIs resolve through it
+        repository = get_artifact_repository(artifact_uri)
+        names = {a.path for a in repository.list_artifacts()}
         if TRIALS_ARTIFACT not in names or OOF_ARTIFACT not in names:
             return None
-        path = mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=TRIALS_ARTIFACT, tracking_uri=tracker.tracking_uri
-        )
-        record = json.loads(Path(path).read_text())
-        oof_path = mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path=OOF_ARTIFACT, tracking_uri=tracker.tracking_uri
-        )
-        return record, pl.read_parquet(oof_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            record = json.loads(
+                Path(repository.download_artifacts(TRIALS_ARTIFACT, dst_path=tmp)).read_text()
+            )
+            oof = pl.read_parquet(repository.download_artifacts(OOF_ARTIFACT, dst_path=tmp))
+        return record, oof
     except (OSError, ValueError, KeyError):
         return None
 
