@@ -283,6 +283,17 @@ def selection_errors() -> tuple[type[Exception], ...]:
     return (dg.DagsterError, ValueError)
 
 
+#: promoted partitions the summary names (a 500-symbol backfill promoted 381: one 9 KB line);
+#: `quant-assets status` and the UI list them all
+PROMOTED_SHOWN = 24
+
+
+def _first(names: list[str], shown: int) -> str:
+    """The first `shown` names, then how many more there are."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")
+
+
 def _report_backfill(instance, backfill_id: str, progress, interrupted: int | None, verbose: bool):
     import signal
 
@@ -304,7 +315,7 @@ def _report_backfill(instance, backfill_id: str, progress, interrupted: int | No
         promoted = sorted(k for k, (ok, _) in decisions.items() if ok)
         print(
             f"promotion gates: {len(promoted)} of {len(decisions)} challenger(s) promoted"
-            + (f" ({', '.join(promoted)})" if promoted else "")
+            + (f" ({_first(promoted, PROMOTED_SHOWN)})" if promoted else "")
         )
     print(
         f"\nbackfill {backfill_id} {progress.status}: "

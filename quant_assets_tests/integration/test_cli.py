@@ -162,3 +162,13 @@ def test_a_partition_key_registered_from_outside_cannot_escape_the_artifacts(
     with pytest.raises(InvalidPartitionKeyError, match="escape"):
         split_key("../../../escape|1d")
     assert not list(user_dir.parent.glob("escape*"))
+
+
+def test_the_summary_names_the_first_promoted_partitions_and_counts_the_rest() -> None:
+    from quant_assets.cli import PROMOTED_SHOWN, _first
+
+    names = [f"SYM{i:03d}USDT|1h" for i in range(PROMOTED_SHOWN + 357)]
+    line = _first(names, PROMOTED_SHOWN)
+    assert line.startswith("SYM000USDT|1h, SYM001USDT|1h")
+    assert line.count("|1h") == PROMOTED_SHOWN and line.endswith(" and 357 more")
+    assert _first(names[:3], PROMOTED_SHOWN) == "SYM000USDT|1h, SYM001USDT|1h, SYM002USDT|1h"
