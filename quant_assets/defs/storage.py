@@ -33,7 +33,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
@@ -47,8 +47,6 @@ _ENGINE_LOCK = threading.Lock()
 
 
 def _engine(conn_string: str, **connect_args) -> Engine:
-    from sqlalchemy import event
-
     engine = create_engine(
         conn_string,
         poolclass=QueuePool,

@@ -586,7 +586,6 @@ class Tracker:
         the run's artifact repository, each looked up once (through `models:/` and `runs:/` URIs
         MLflow resolved the registry entry and the run again for every file)."""
         import mlflow
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         from quant_assets.lib.calibration import Calibrator
 
@@ -600,7 +599,7 @@ class Tracker:
             else self.client.get_model_version_download_uri(name, str(version))
         )
         mlflow.set_registry_uri(self.tracking_uri)
-        run_files = get_artifact_repository(run.info.artifact_uri)
+        run_files = self.run_artifacts(run.info.artifact_uri)
         with tempfile.TemporaryDirectory() as tmp:
             for sub in ("model", "run"):
                 (Path(tmp) / sub).mkdir()
@@ -626,6 +625,16 @@ class Tracker:
         return LoadedModel(
             name, str(version), mv.run_id, model_type, model, calibrator, features, dict(mv.tags)
         )
+
+    def run_artifacts(self, artifact_uri: str) -> Any:
+        """The artifact repository of a run (its `info.artifact_uri`), to list and copy several of
+        its files with one lookup: `download_artifacts(run_id=...)` and `runs:/` URIs read the run
+        again for every file. `mlflow-artifacts:` URIs resolve through this tracker's server."""
+        import mlflow
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return get_artifact_repository(artifact_uri)
 
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, str(version)).tags)

@@ -518,16 +518,11 @@ def _version_trials(tracker: Any, version: Any) -> tuple[dict[str, Any], pl.Data
     `version`: a model version or a run's info (with `run_id`; a run's info has its
     `artifact_uri` too). Both files from the run's artifact repository, resolved once (MLflow's
     `download_artifacts(run_id=...)` reads the run again for every file)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     try:
         artifact_uri = getattr(version, "artifact_uri", None) or (
             tracker.client.get_run(version.run_id).info.artifact_uri
         )
-        import mlflow
-
-        mlflow.set_tracking_uri(tracker.tracking_uri)  # mlflow-artifacts: URIs resolve through it
-        repository = get_artifact_repository(artifact_uri)
+        repository = tracker.run_artifacts(artifact_uri)
         names = {a.path for a in repository.list_artifacts()}
         if TRIALS_ARTIFACT not in names or OOF_ARTIFACT not in names:
             return None
