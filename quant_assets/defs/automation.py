@@ -44,6 +44,7 @@ from quant_assets.lib.health import (
 from quant_assets.lib.retrain import RetrainReason, unseen_reasons
 from quant_assets.lib.settings import Settings
 from quant_assets.lib.timeframes import refresh_cron
+from quant_assets.lib.tracking import registered_model_name
 
 Clock = Callable[[], datetime]
 
@@ -84,10 +85,15 @@ def statuses(
 ) -> Iterator[PartitionStatus]:
     """The retrain status of every symbol|timeframe partition the rules watch."""
     tracker, store, policy = mlflow.get_tracker(), alerts.get_store(), retrain_rules.policy()
-    for symbol in sorted(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME)):
-        for timeframe in retrain_rules.timeframes:
-            labels = artifacts.read_partition("labels", symbol, timeframe)
-            yield partition_status(tracker, store, labels, symbol, timeframe, now, policy)
+    partitions = [
+        (symbol, timeframe)
+        for symbol in sorted(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
+        for timeframe in retrain_rules.timeframes
+    ]
+    registry = tracker.registry_view([registered_model_name(s, t) for s, t in partitions])
+    for symbol, timeframe in partitions:
+        labels = artifacts.read_partition("labels", symbol, timeframe)
+        yield partition_status(registry, store, labels, symbol, timeframe, now, policy)
 
 
 IN_FLIGHT = [

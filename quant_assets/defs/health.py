@@ -16,6 +16,7 @@ from quant_assets.defs.resources import (
 )
 from quant_assets.lib.health import health_table, partition_status
 from quant_assets.lib.reporting import markdown_table
+from quant_assets.lib.tracking import registered_model_name
 
 HOURLY = "0 * * * *"
 
@@ -31,9 +32,15 @@ def partition_statuses(
     """`lib.health.partition_status` of every registered symbol × configured timeframe at `now`
     (read by `model_health` and `model_report`)."""
     policy = retrain_rules.policy()
+    partitions = [
+        (symbol, timeframe)
+        for symbol in sorted(instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
+        for timeframe in retrain_rules.timeframes
+    ]
+    registry = tracker.registry_view([registered_model_name(s, t) for s, t in partitions])
     return [
         partition_status(
-            tracker,
+            registry,
             store,
             artifacts.read_partition("labels", symbol, timeframe),
             symbol,
@@ -41,8 +48,7 @@ def partition_statuses(
             now,
             policy,
         )
-        for symbol in sorted(instance.get_dynamic_partitions(SYMBOL_PARTITIONS_NAME))
-        for timeframe in retrain_rules.timeframes
+        for symbol, timeframe in partitions
     ]
 
 

@@ -14,7 +14,7 @@ from quant_assets.defs.batching import PartitionOutput, emit, inputs_of
 from quant_assets.defs.conditions import FOLLOWS_UPSTREAM
 from quant_assets.defs.partitions import (
     PARTITION_BATCH,
-    TIMEFRAME_BATCH,
+    TIMEFRAME_EACH,
     registered_symbols,
     step_partitions,
     symbol_timeframe_partitions,
@@ -872,7 +872,7 @@ def _training_quality(
     code_version=CODE_VERSION,
     pool="mlflow",
     tags={"quant_assets/kind": "training"},
-    backfill_policy=TIMEFRAME_BATCH,
+    backfill_policy=TIMEFRAME_EACH,
 )
 def global_challenger_model(
     context: dg.AssetExecutionContext,

@@ -142,7 +142,7 @@ def calibration_plot_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     from matplotlib.figure import Figure
 
-    from quant_assets.lib.plots import PNG_OPTIONS, TITLE_AT_TOP
+    from quant_assets.lib.plots import TITLE_AT_TOP, save_png
 
     # a bare Figure renders with Agg without touching pyplot's global state or any display
     # fixed margins: the constrained-layout solver draws every figure twice (it was half the
@@ -165,5 +165,5 @@ def calibration_plot_png(
     top.grid(alpha=0.3)
     bottom.set(xlabel="predicted probability", ylabel="rows")
     bottom.grid(alpha=0.3)
-    fig.savefig(path, **PNG_OPTIONS)
+    save_png(fig, path)
     return path

@@ -22,7 +22,12 @@ from quant_assets.lib.retrain import (
     retrain_reasons,
 )
 from quant_assets.lib.signals import resolve_long_threshold
-from quant_assets.lib.tracking import ALIAS_CHAMPION, Tracker, registered_model_name
+from quant_assets.lib.tracking import (
+    ALIAS_CHAMPION,
+    RegistryView,
+    Tracker,
+    registered_model_name,
+)
 
 if TYPE_CHECKING:
     from quant_assets.lib.stores import TradingStore
@@ -154,7 +159,7 @@ def _labelled(frame: pl.DataFrame | None, now: datetime) -> pl.DataFrame:
 
 
 def partition_status(
-    tracker: Tracker,
+    tracker: Tracker | RegistryView,
     store: TradingStore,
     labels: pl.DataFrame | None,
     symbol: str,

@@ -234,9 +234,9 @@ def _plots(health: pl.DataFrame, runs: pl.DataFrame) -> list[tuple[str, bytes]]:
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
-    from quant_assets.lib.plots import PNG_OPTIONS
+    from quant_assets.lib.plots import save_png
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=80, **PNG_OPTIONS)
+    save_png(fig, buffer, dpi=80)
     plt.close(fig)
     return buffer.getvalue()

@@ -127,3 +127,28 @@ def test_fold_evidence_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="trials lacks"):
         fold_evidence_png(folds, trials.drop("selected"), tmp_path / "x.png")
+
+
+def test_charts_are_drawn_with_the_draw_settings_and_leave_rcparams_alone(tmp_path):
+    """`save_png` draws under DRAW_RC (glyphs without FreeType's hinting, read when text is
+    drawn) and restores matplotlib's settings afterwards: the process's other figures keep theirs."""
+    import matplotlib
+    from matplotlib.artist import Artist
+    from matplotlib.figure import Figure
+
+    from quant_assets.lib.plots import DRAW_RC, save_png
+
+    seen: list[str] = []
+
+    class Probe(Artist):
+        def draw(self, renderer):
+            seen.append(matplotlib.rcParams["text.hinting"])
+
+    before = matplotlib.rcParams["text.hinting"]
+    assert before != DRAW_RC["text.hinting"]  # matplotlib's default: the auto-hinter
+    fig = Figure(figsize=(2, 2), dpi=50)
+    fig.add_artist(Probe())
+    save_png(fig, tmp_path / "probe.png")
+    assert seen == [DRAW_RC["text.hinting"]]
+    assert matplotlib.rcParams["text.hinting"] == before
+    _assert_png(tmp_path / "probe.png", min_bytes=100)

@@ -187,3 +187,81 @@ def test_mlflow_telemetry_is_off_unless_the_environment_says_otherwise() -> None
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert kept.stdout.strip() == "false"
+
+
+def test_registry_view_answers_as_the_tracker_does(tracker: Tracker) -> None:
+    """`registry_view` reads aliases, newest versions and the champion's and newest version's tags
+    of many models at once; every answer equals the tracker's own read, deleted versions and
+    models without versions or aliases included, and reads it did not prefetch fall through."""
+    names = [f"direction.SYM{i}.1h" for i in range(4)]
+    for i, name in enumerate(names[:3]):
+        tracker.client.create_registered_model(name)
+        for v in range(1, i + 3):  # 2, 3 and 4 versions
+            tracker.client.create_model_version(
+                name, source="/nonexistent/model", tags={"n": str(v), "trained_at": f"t{v}"}
+            )
+    tracker.set_alias(names[0], "champion", "1")
+    tracker.set_alias(names[1], "challenger", "3")
+    tracker.client.delete_model_version(names[2], "4")  # the newest is 3 now
+    tracker.set_version_tags(names[1], "2", {"extra": "x"})
+
+    view = tracker.registry_view([*names, names[0]])
+    for name in names:  # the fourth is not registered at all
+        assert view.aliases(name) == tracker.aliases(name)
+        assert view.latest_version(name) == tracker.latest_version(name)
+        latest = tracker.latest_version(name)
+        if latest:
+            assert view.version_tags(name, latest) == tracker.version_tags(name, latest)
+    assert view.latest_version(names[2]) == "3" and view.latest_version(names[3]) is None
+    assert view.version_tags(names[0], "1") == {"n": "1", "trained_at": "t1"}  # the champion
+    # not prefetched: an older version, another model
+    assert view.version_tags(names[1], "2") == tracker.version_tags(names[1], "2")
+    assert view.version_tags(names[1], "2")["extra"] == "x"
+    assert view.aliases("meta.SYM0.1h.trend") == {}
+    # what the view hands out is a copy: changing it changes nothing stored or prefetched
+    view.version_tags(names[0], "1")["n"] = "changed"
+    assert view.version_tags(names[0], "1")["n"] == "1"
+    # the reads are bulk: a view of the four models costs the same queries as one of one model
+    from sqlalchemy import event
+
+    engine = tracker._sql_registry().engine
+    statements: list[str] = []
+
+    def count(*args) -> None:
+        statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        tracker.registry_view(names[:1])
+        one = len(statements)
+        statements.clear()
+        tracker.registry_view(names)
+        assert len(statements) == one
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_git_commit_is_read_once_per_directory_and_process(tmp_path, monkeypatch) -> None:
+    """The commit recorded on every MLflow run is that of the code the process runs: git is asked
+    once per directory, not twice per run; another directory is asked on its own."""
+    import subprocess
+
+    from quant_assets.lib import tracking
+
+    tracking._git_commit.cache_clear()
+    calls: list[list[str]] = []
+    real = subprocess.run
+
+    def counting(args, **kwargs):
+        calls.append(list(args))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(tracking.subprocess, "run", counting)
+    here = tracking.Path(tracking.__file__).parent
+    first = tracking.git_commit(here)
+    assert tracking.git_commit(here) == tracking.git_commit(here / ".." / "lib") == first
+    assert len(calls) in (1, 2)  # rev-parse, then status when rev-parse succeeded
+    assert first == "unknown" or len(first.removesuffix("-dirty")) == 40
+    assert tracking.git_commit(tmp_path) == "unknown"  # not a repository: asked on its own
+    assert len(calls) in (2, 3)
+    tracking._git_commit.cache_clear()
