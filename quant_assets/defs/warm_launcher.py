@@ -14,7 +14,8 @@ server's models and histories between closes and never waits behind a training r
 run in one of `pipeline_workers` workers (one per run slot; an idle one is chosen, else one is
 started, else the least loaded).
 
-Workers are started on the first launch that needs them; each exits after `idle_timeout_seconds`
+Workers are started on the first launch that needs them (the other pipeline workers start
+loading at the same time, `_start_ahead`); each exits after `idle_timeout_seconds`
 without a run, when the process that launched it (the daemon) has exited, or, when the code
 location's files change, after its last run (the next launch starts a fresh one). Its key, pid and
 port are tagged on each run it executes (`quant_assets/warm_worker`); run monitoring asks it about
@@ -123,6 +124,8 @@ class WarmRunLauncher(DefaultRunLauncher):
         self._pipeline_preload = list(
             pipeline_preload_modules if pipeline_preload_modules is not None else PIPELINE_PRELOAD
         )
+        #: pipeline workers started ahead of their first run and still loading, by key
+        self._starting: dict[str, subprocess.Popen] = {}
 
     @classmethod
     def config_type(cls):
@@ -229,6 +232,28 @@ class WarmRunLauncher(DefaultRunLauncher):
         return best[0], best[1]
 
     def _start_worker(self, key: str, repository_origin, preload: list[str]) -> dict:
+        """Start the worker `key` (or take the one started ahead for it) and wait until it is
+        ready; its state."""
+        process = self._starting.pop(key, None)
+        if process is None or process.poll() is not None:
+            process = self._spawn(key, repository_origin, preload)
+        return self._await_ready(key, process)
+
+    def _start_ahead(self, keys: list[str], repository_origin, preload: list[str]) -> None:
+        """Start the pipeline workers `keys` that have no live or loading process, without
+        waiting: they load the code location and libraries (about 5 s each here) while the
+        first run's worker does, instead of one after the other as runs arrive (the second slot
+        of every invocation stood idle that long). A worker never handed a run leaves on its own
+        when the daemon exits (`--parent-pid`) or after `idle_timeout_seconds`."""
+        for key in keys:
+            loading = self._starting.get(key)
+            if loading is not None and loading.poll() is None:
+                continue
+            with locked(self._paths(key)[1]):
+                if self._live_state(key)[0] is None:
+                    self._starting[key] = self._spawn(key, repository_origin, preload)
+
+    def _spawn(self, key: str, repository_origin, preload: list[str]) -> subprocess.Popen:
         state_path, _, log_path = self._paths(key)
         state_path.unlink(missing_ok=True)  # the old worker's, if any: it no longer takes runs
         token = secrets.token_hex(16)
@@ -269,6 +294,10 @@ class WarmRunLauncher(DefaultRunLauncher):
         with contextlib.suppress(BrokenPipeError):  # it died at once: its log says why below
             process.stdin.write((json.dumps(handover) + "\n").encode())
             process.stdin.close()
+        return process
+
+    def _await_ready(self, key: str, process: subprocess.Popen) -> dict:
+        state_path, _, log_path = self._paths(key)
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
             state = read_state(state_path)
@@ -298,6 +327,8 @@ class WarmRunLauncher(DefaultRunLauncher):
         for attempt in range(2):
             with locked(self.workers_dir / f"{keys[0]}.lane"):
                 key, state = self._pick(keys)
+                if state is None and len(keys) > 1:  # the others load meanwhile
+                    self._start_ahead([k for k in keys if k != key], origin, preload)
                 with locked(self._paths(key)[1]):  # the worker retires under this lock
                     if state is None:
                         state = self._start_worker(key, origin, preload)
@@ -409,6 +440,11 @@ class WarmRunLauncher(DefaultRunLauncher):
         """Stop every warm worker of this instance (SIGTERM; a run in progress is interrupted).
         Returns their pids."""
         stopped = []
+        for process in self._starting.values():  # started ahead, still loading: no state yet
+            if process.poll() is None:
+                process.terminate()
+                stopped.append(process.pid)
+        self._starting.clear()
         if not self.workers_dir.exists():
             return stopped
         for path in self.workers_dir.glob("*.json"):

@@ -131,6 +131,61 @@ def _check_requirements_once() -> None:
     environment.warn_dependency_requirement_mismatches = once
 
 
+#: what MLflow's SQL stores execute on SQLite at the start of every session
+#: (`mlflow.store.db.utils._get_managed_session_maker`): connection settings, run here once per
+#: connection instead (`_pragmas_per_connection`)
+SQLITE_SESSION_PRAGMAS = (
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 20000",
+    "PRAGMA case_sensitive_like = true",
+)
+
+
+def _pragmas_per_connection(store: Any) -> None:
+    """Make a SQLite-backed MLflow store set its connection PRAGMAs when a connection opens, not
+    in every session, and commit with `synchronous=NORMAL` (the store is in WAL mode,
+    `prepare_tracking_store`).
+
+    MLflow runs three PRAGMA statements at the start of each of its sessions: about 50 sessions
+    and 150 of the 170 SQL statements per model a step logs and registers, for settings that
+    belong to the connection and stay on it (pooled connections are reused). The sessions keep
+    MLflow's own commit, rollback and error translation (its session factory, told the database
+    is not SQLite so that it skips the PRAGMAs). With SQLite's default `synchronous=FULL` each
+    commit also waits for a disk sync, stalling the step and the other worker waiting for the
+    write lock; in WAL mode NORMAL cannot corrupt the database, and a power loss (not a killed
+    process) may lose the last transactions (as for Dagster's SQLite storage,
+    `defs/storage.py`). Once per store object (MLflow keeps one per URI and process); stores on
+    other databases, or with a read replica, are left as they are."""
+    if getattr(store, "_quant_assets_pragmas", False) or getattr(store, "db_type", "") != "sqlite":
+        return
+    if getattr(store, "read_engine", None) is not None:
+        return
+    import sqlalchemy.orm
+    from mlflow.store.db.utils import _get_managed_session_maker
+    from sqlalchemy import event
+
+    engine = store.engine
+    if not event.contains(engine, "connect", _connection_pragmas):
+        event.listen(engine, "connect", _connection_pragmas)
+        engine.dispose()  # connections opened before the listener close; new ones get it
+    store.ManagedSessionMaker = _get_managed_session_maker(
+        sqlalchemy.orm.sessionmaker(bind=engine), "sqlite (PRAGMAs per connection)"
+    )
+    store._quant_assets_pragmas = True
+
+
+def _connection_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for statement in SQLITE_SESSION_PRAGMAS:
+            cursor.execute(statement)
+        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+        if str(mode).lower() == "wal":
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
 def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:
     """`direction.BTCUSDT.1h` per partition; `direction_global.1h` for a timeframe's global model."""
     return f"{kind}.{symbol}.{timeframe}" if symbol else f"{kind}.{timeframe}"
@@ -298,13 +353,24 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        if sqlite_path(tracking_uri) is not None:
+            _pragmas_per_connection(self.client._tracking_client.store)
+            _pragmas_per_connection(self.client._get_registry_client().store)
         #: metrics of the runs opened by `run`, written when a model is logged (linked to it, as
         #: MLflow links the metrics a run holds when its model is logged) or when the run ends
         self._pending_metrics: dict[str, dict[int, dict[str, float]]] = {}
         #: experiment id of each run opened by `run` (for its URL)
         self._run_experiments: dict[str, str] = {}
+        #: experiment ids by name, looked up once per tracker (a step's batch opens a run per
+        #: partition, meta-learners one per regime)
+        self._experiment_ids: dict[str, str] = {}
 
     def experiment_id(self, name: str) -> str:
+        if name not in self._experiment_ids:
+            self._experiment_ids[name] = self._experiment_id(name)
+        return self._experiment_ids[name]
+
+    def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
@@ -413,7 +479,10 @@ class Tracker:
         """An active MLflow run (fluent API, so model flavours log into it); yields its id."""
         import mlflow
 
+        # the fluent API logs and registers the run's model in MLflow's process-wide stores: this
+        # tracker's, also when another tracker was made since
         mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
         # a connection string in a tag (the data source) never carries its password
         tags = {k: mask_secrets(str(v)) for k, v in tags.items()}
         experiment_id = self.experiment_id(experiment)

@@ -27,6 +27,19 @@ PARTITIONS = {
 }
 
 
+def _loading_span(log: Path) -> tuple[float, float]:
+    """(started, ready) of a warm worker from its log line `<time> warm worker <pid> INFO loaded
+    the code location in <seconds> s`: the time the line was written, less the load time (which
+    leaves out the interpreter's own start, so `started` is a little late)."""
+    from datetime import datetime
+
+    for line in log.read_text().splitlines():
+        if " INFO loaded the code location in " in line:
+            ready = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            return ready - float(line.rsplit(" in ", 1)[1].removesuffix(" s")), ready
+    raise AssertionError(f"{log} has no load line:\n{log.read_text()[-2000:]}")
+
+
 def _check_the_execution(home: Path) -> None:
     """One backfill, batched and parallel runs that all succeed, rejections that are decisions."""
     from quant_assets.defs.backfills import check_outcomes
@@ -47,6 +60,12 @@ def _check_the_execution(home: Path) -> None:
         # both cores: at least two runs overlapped in time
         spans = sorted((r.start_time, r.end_time) for r in records if r.start_time)
         assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    # and the two pipeline workers loaded side by side (the launcher starts the second with the
+    # first), not the second only once the first had taken its run
+    loading = sorted(_loading_span(log) for log in (home / "warm_workers").glob("*-p[0-9].log"))
+    assert len(loading) == 2, loading
+    assert loading[1][0] < loading[0][1], f"the second worker started after the first: {loading}"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         # every challenger judged once; a rejection is a WARN result in a successful run, and
         # `champion` is materialized for every partition (promote or keep), none failed
         gates = check_outcomes(instance, [run.run_id for run in runs], "promotion_gates")

@@ -265,3 +265,51 @@ def test_git_commit_is_read_once_per_directory_and_process(tmp_path, monkeypatch
     assert tracking.git_commit(tmp_path) == "unknown"  # not a repository: asked on its own
     assert len(calls) in (2, 3)
     tracking._git_commit.cache_clear()
+
+
+def test_sqlite_sessions_run_no_pragmas_and_connections_keep_mlflow_settings(
+    tracker: Tracker,
+) -> None:
+    """MLflow's SQL stores execute three PRAGMAs at the start of every session on SQLite; the
+    tracker's stores set them once per connection instead (with `synchronous=NORMAL` in WAL mode):
+    a run with a parameter issues no PRAGMA, a new connection has MLflow's settings, and a store
+    error still reaches the caller as MLflow's exception with its error code."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy import event
+
+    stores = [tracker.client._tracking_client.store, tracker._sql_registry()]
+    statements: list[str] = []
+
+    def record(*args) -> None:
+        statements.append(args[2])
+
+    for store in stores:
+        event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with tracker.run("pragmas", "r", {"k": "v"}) as run_id:
+            tracker.log_params(run_id, {"a": 1})
+            tracker.log_metrics(run_id, {"m": 0.5})
+        tracker.client.create_registered_model(NAME)
+        tracker.set_alias(
+            NAME, "challenger", tracker.client.create_model_version(NAME, "/x").version
+        )
+    finally:
+        for store in stores:
+            event.remove(store.engine, "before_cursor_execute", record)
+    assert len(statements) > 10  # the run, its parameter and metric, the registry writes
+    assert not [s for s in statements if "PRAGMA" in s.upper()]
+    for store in stores:
+        with store.engine.connect() as connection:  # a pooled or new connection: the same
+            raw = connection.connection.dbapi_connection
+            assert raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 20000
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            assert raw.execute("SELECT 'a' LIKE 'A'").fetchone()[0] == 0  # case_sensitive_like
+    with pytest.raises(MlflowException) as error:
+        tracker.client.create_registered_model(NAME)
+    assert error.value.error_code == "RESOURCE_ALREADY_EXISTS"
+    assert tracker.client.search_registered_models(f"name LIKE '{NAME.upper()}'") == []
+    assert [m.name for m in tracker.client.search_registered_models(f"name LIKE '{NAME}'")] == [
+        NAME
+    ]
