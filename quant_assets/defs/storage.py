@@ -17,7 +17,7 @@ schedules use a thread-safe pool. At most `MAX_SHARD_ENGINES` run shards stay op
 (least recently used closed first); a forked child drops the inherited connections unclosed
 (SQLite connections must not cross a fork), and `wipe` closes them before deleting the files.
 Connections to a file in WAL mode commit with `synchronous=NORMAL` (no disk sync per commit; see
-`_synchronous_normal_in_wal`).
+`lib/sqlite_pragmas.synchronous_normal_in_wal`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
+from quant_assets.lib.sqlite_pragmas import synchronous_normal_in_wal
+
 #: run shards (plus the index) whose engine a process keeps open
 MAX_SHARD_ENGINES = 16
 #: connections a run or schedule storage keeps per process (more are opened and closed on demand)
@@ -54,25 +56,8 @@ def _engine(conn_string: str, **connect_args) -> Engine:
         max_overflow=8,
         connect_args={**connect_args, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _synchronous_normal_in_wal)
+    event.listen(engine, "connect", synchronous_normal_in_wal)
     return engine
-
-
-def _synchronous_normal_in_wal(dbapi_connection, _record) -> None:
-    """`PRAGMA synchronous=NORMAL` on a connection to a database in WAL mode (Dagster puts each of
-    its SQLite files in WAL mode when it creates it). SQLite's default, FULL, syncs the WAL file to
-    disk at every commit: the event log commits twice per event (run shard, then index), about a
-    hundred events per partition, each sync stalling the run's process 0.5-2 ms on this machine's
-    disk. In WAL mode NORMAL cannot corrupt the database; a power loss or OS crash (not a killed
-    process) may lose the last transactions before a checkpoint. A file not (yet) in WAL mode keeps
-    FULL: there NORMAL could corrupt it on power loss."""
-    cursor = dbapi_connection.cursor()
-    try:
-        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-        if str(mode).lower() == "wal":
-            cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
 
 
 def _after_fork_in_child() -> None:

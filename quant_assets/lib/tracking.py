@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from quant_assets.lib.masking import mask_secrets
+from quant_assets.lib.sqlite_pragmas import synchronous_normal_in_wal
 
 ALIAS_CHALLENGER = "challenger"
 #: descriptions of the experiments (one per Dagster asset that logs runs), shown in the MLflow UI
@@ -144,7 +145,7 @@ SQLITE_SESSION_PRAGMAS = (
 def _pragmas_per_connection(store: Any) -> None:
     """Make a SQLite-backed MLflow store set its connection PRAGMAs when a connection opens, not
     in every session, and commit with `synchronous=NORMAL` (the store is in WAL mode,
-    `prepare_tracking_store`).
+    `prepare_tracking_store`; `lib/sqlite_pragmas`).
 
     MLflow runs three PRAGMA statements at the start of each of its sessions: about 50 sessions
     and 150 of the 170 SQL statements per model a step logs and registers, for settings that
@@ -179,11 +180,9 @@ def _connection_pragmas(dbapi_connection: Any, _record: Any) -> None:
     try:
         for statement in SQLITE_SESSION_PRAGMAS:
             cursor.execute(statement)
-        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-        if str(mode).lower() == "wal":
-            cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+    synchronous_normal_in_wal(dbapi_connection)
 
 
 def registered_model_name(symbol: str, timeframe: str, kind: str = "direction") -> str:
