@@ -71,7 +71,7 @@ schedule_storage:
   class: PooledSqliteScheduleStorage
   config:
     base_dir: {json.dumps(str(home / "schedules"))}
-# Dagster's run queue, starting a finer timeframe's runs first (defs/run_queue.py)
+# Dagster's run queue, starting the run holding the most bars first (defs/run_queue.py)
 run_coordinator:
   module: quant_assets.defs.run_queue
   class: PriorityRunCoordinator

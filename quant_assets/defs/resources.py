@@ -127,7 +127,7 @@ class TradingStoreResource(dg.ConfigurableResource):
     def get_store(self) -> TradingStore:
         from quant_assets.lib.stores import TradingStore
 
-        return TradingStore(self.url)
+        return TradingStore.shared(self.url)
 
 
 class AlertResource(dg.ConfigurableResource):
@@ -142,7 +142,7 @@ class AlertResource(dg.ConfigurableResource):
     def get_store(self) -> TradingStore:
         from quant_assets.lib.stores import TradingStore
 
-        return TradingStore(self.url)
+        return TradingStore.shared(self.url)
 
     def send(self, alert: Alert) -> WebhookResult | None:
         """Append `alert` to the alerts table and post it to the webhook (None when none is set)."""

@@ -76,28 +76,40 @@ def sync_catalog(
     agent_id = connection.execute(
         sa.select(agents_table.c.id).where(agents_table.c.registered_name == name)
     ).scalar_one()
-    known = set(
+    known = dict(
         connection.execute(
-            sa.select(agent_versions.c.version).where(agent_versions.c.registered_name == name)
-        ).scalars()
+            sa.select(agent_versions.c.version, agent_versions.c.aliases).where(
+                agent_versions.c.registered_name == name
+            )
+        ).all()
     )
     by_version: dict[str, list[str]] = {}
     for alias, version in tracker.aliases(name).items():
         by_version.setdefault(str(version), []).append(alias)
-    versions = tracker.client.search_model_versions(f"name = '{name}'")
-    for mv in versions:  # one registered model's versions: a handful
-        version = str(mv.version)
+    versions = tracker.versions(name)  # a version a night for a model retrained nightly
+    listed = [mv.version for mv in versions if mv.version in known]
+    # every listed version is synced now; only the rows whose aliases moved are rewritten
+    for chunk in (listed[i : i + 500] for i in range(0, len(listed), 500)):
+        connection.execute(
+            agent_versions.update()
+            .where(agent_versions.c.registered_name == name, agent_versions.c.version.in_(chunk))
+            .values(synced_at=now)
+        )
+    for mv in versions:
+        version = mv.version
         aliases = ",".join(sorted(by_version.get(version, [])))
         if version in known:
-            connection.execute(
-                agent_versions.update()
-                .where(
-                    agent_versions.c.registered_name == name, agent_versions.c.version == version
+            if known[version] != aliases:
+                connection.execute(
+                    agent_versions.update()
+                    .where(
+                        agent_versions.c.registered_name == name,
+                        agent_versions.c.version == version,
+                    )
+                    .values(aliases=aliases)
                 )
-                .values(aliases=aliases, synced_at=now)
-            )
             continue
-        tags = dict(mv.tags)
+        tags = tracker.version_tags(name, version)
         run = tracker.client.get_run(mv.run_id) if mv.run_id else None
         params = run.data.params if run is not None else {}
         metrics = run.data.metrics if run is not None else {}
@@ -167,7 +179,7 @@ def catalog(store: TradingStore, name: str | None = None) -> pl.DataFrame:
 def registry_catalog_differences(tracker: Any, store: TradingStore, name: str) -> list[str]:
     """Where the catalog disagrees with the registry for `name`: versions missing on either side
     and aliases that differ; empty when they agree."""
-    registry = {str(v.version) for v in tracker.client.search_model_versions(f"name = '{name}'")}
+    registry = {v.version for v in tracker.versions(name)}
     rows = catalog(store, name)
     stored = dict(zip(rows["version"], rows["aliases"], strict=True)) if rows.height else {}
     problems = [f"v{v} registered but not in the catalog" for v in sorted(registry - set(stored))]

@@ -194,9 +194,16 @@ def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
         ax.figure.colorbar(image, ax=ax, format=_percent())
 
 
-#: zlib level of the PNG files: 1 instead of 6 draws and saves a 11 x 10 inch chart in 247 ms
-#: instead of 306 ms, for files about a sixth larger (138 KB instead of 118 KB)
-PNG_OPTIONS = {"format": "png", "pil_kwargs": {"compress_level": 1}}
+#: how a chart's PNG is stored: matplotlib's RGBA pixels reduced to a palette of at most
+#: PNG_COLORS colours (Pillow's fast octree), then deflated at PNG_COMPRESS_LEVEL. A chart holds a
+#: few thousand distinct colours, nearly all of them anti-aliased edges of lines and glyphs; the
+#: palette keeps every flat colour (lines, fills, heatmap cells) and moves an edge pixel by about
+#: one level of 255 on average. An 11 x 10 inch report: 14 ms instead of 23 ms to encode, 61 KB
+#: instead of 182 KB (RGBA at zlib level 1, as matplotlib writes it). Every chart is stored three
+#: times per run (MLflow artifact, and inline in the event log's run and index shards), and the
+#: event log serializes each materialization twice, so the bytes cost CPU too.
+PNG_COLORS = 256
+PNG_COMPRESS_LEVEL = 3
 
 #: matplotlib settings while a chart is drawn: glyphs rasterized without FreeType's hinting
 #: (matplotlib's default forces the auto-hinter on every glyph of every label). At our font sizes
@@ -205,12 +212,30 @@ PNG_OPTIONS = {"format": "png", "pil_kwargs": {"compress_level": 1}}
 DRAW_RC = {"text.hinting": "no_hinting"}
 
 
-def save_png(fig: Figure, target: Any, **options: Any) -> None:
-    """Draw `fig` and write it as PNG to `target` (a path or a binary file), with DRAW_RC."""
+def save_png(fig: Figure, target: Any, dpi: float | None = None) -> None:
+    """Draw `fig` on an Agg canvas with DRAW_RC (at `dpi` instead of its own, if given) and write
+    it to `target` (a path or a binary file) as a paletted PNG (PNG_COLORS)."""
     from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
 
-    with rc_context(DRAW_RC):
-        fig.savefig(target, **PNG_OPTIONS, **options)
+    own_dpi = fig.dpi
+    try:
+        if dpi is not None:
+            fig.set_dpi(dpi)
+        with rc_context(DRAW_RC):
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+        size = canvas.get_width_height(physical=True)
+        # the canvas is opaque (the figure's face): its RGBA buffer read as RGB, alpha skipped
+        pixels = Image.frombytes("RGB", size, canvas.buffer_rgba(), "raw", "RGBX")
+        shown_dpi = fig.dpi
+    finally:
+        fig.set_dpi(own_dpi)
+    paletted = pixels.quantize(PNG_COLORS, method=Image.Quantize.FASTOCTREE)
+    paletted.save(
+        target, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(shown_dpi, shown_dpi)
+    )
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import sqlite3
 import subprocess
 import tempfile
@@ -196,6 +197,15 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return None
 
 
+@functools.cache
+def _mlflow_version() -> str:
+    """The installed MLflow's version, read once per process (importlib.metadata reads the
+    package's metadata files at every call; every tracker asked for it)."""
+    from importlib.metadata import version
+
+    return version("mlflow")
+
+
 def prepare_tracking_store(tracking_uri: str) -> None:
     """Create a SQLite store once, whichever process gets there first, and switch it to WAL.
 
@@ -209,9 +219,7 @@ def prepare_tracking_store(tracking_uri: str) -> None:
     path = sqlite_path(tracking_uri)
     if path is None:
         return
-    from importlib.metadata import version
-
-    marker = path.parent / f".{path.name}.created-by-mlflow-{version('mlflow')}"
+    marker = path.parent / f".{path.name}.created-by-mlflow-{_mlflow_version()}"
     if path.exists() and marker.exists():
         return
     import fcntl
@@ -271,6 +279,28 @@ def _git_commit(cwd: str | None) -> str:
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """A registered version as `Tracker.versions` lists it."""
+
+    version: str
+    source: str | None
+    run_id: str | None
+    creation_timestamp: int | None
+    """Milliseconds since the epoch, as MLflow stores it."""
+
+
+@dataclass(frozen=True)
+class _VersionRecord:
+    """A registered version as `Tracker.load_model` reads it."""
+
+    run_id: str
+    location: str
+    tags: dict[str, str]
+    artifact_uri: str
+    run_model_type: str | None
 
 
 @dataclass(frozen=True)
@@ -363,6 +393,10 @@ class Tracker:
         #: experiment ids by name, looked up once per tracker (a step's batch opens a run per
         #: partition, meta-learners one per regime)
         self._experiment_ids: dict[str, str] = {}
+        #: artifact repository of each run open in `run`, from the run `start_run` returned: the
+        #: client resolves a run's repository by reading the whole run back (every parameter,
+        #: tag, dataset and model input and output) at the run's first artifact
+        self._run_repos: dict[str, Any] = {}
 
     def experiment_id(self, name: str) -> str:
         if name not in self._experiment_ids:
@@ -489,12 +523,15 @@ class Tracker:
             run_id = active.info.run_id
             self._run_experiments[run_id] = experiment_id
             self._pending_metrics[run_id] = {}
+            self._run_repos[run_id] = self.run_artifacts(active.info.artifact_uri)
             try:
                 yield run_id
             except BaseException:
                 with contextlib.suppress(Exception):  # the run's error is the one to report
                     self._flush_metrics(run_id)
                 raise
+            finally:
+                self._run_repos.pop(run_id, None)
             self._flush_metrics(run_id)
 
     def run_url(self, run_id: str) -> str:
@@ -564,23 +601,35 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        self._log_written(run_id, artifact_file, lambda path: path.write_text(text))
 
     def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_text(
+        self.log_text(
             run_id, json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file
         )
 
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        """A local file into the run's artifacts (under `artifact_path`)."""
+        repo = self._run_repos.get(run_id)
+        if repo is None:  # a run not open in `run`: the client resolves its repository
+            self.client.log_artifact(run_id, str(path), artifact_path)
+        elif Path(path).is_dir():  # as the client logs a directory: under its own name
+            repo.log_artifacts(str(path), posixpath.join(artifact_path or "", Path(path).name))
+        else:
+            repo.log_artifact(str(path), artifact_path)
 
     def log_frame(self, run_id: str, frame: Any, artifact_file: str) -> None:
         """A polars frame as CSV (readable in the MLflow UI)."""
+        self._log_written(run_id, artifact_file, frame.write_csv)
+
+    def _log_written(self, run_id: str, artifact_file: str, write: Any) -> None:
+        """The file `write(path)` writes, logged as the run's `artifact_file` (a run-relative
+        POSIX path), as the client's `log_text` logs it."""
+        relative = posixpath.normpath(artifact_file)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            frame.write_csv(path)
-            parent = str(Path(artifact_file).parent)
-            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+            path = Path(tmp) / posixpath.basename(relative)
+            write(path)
+            self.log_file(run_id, path, posixpath.dirname(relative) or None)
 
     def log_model(
         self,
@@ -666,26 +715,30 @@ class Tracker:
 
         from quant_assets.lib.calibration import Calibrator
 
-        mv = self.client.get_model_version(name, str(version))
-        run = self.client.get_run(mv.run_id)
-        model_type = mv.tags.get("model_type") or run.data.tags.get("model_type", "lightgbm")
-        store = self._sql_registry()
-        location = (
-            store.get_model_version_download_uri(name, str(version))
-            if store is not None
-            else self.client.get_model_version_download_uri(name, str(version))
-        )
+        version = str(version)
+        record = self._sql_version_record(name, version)
+        if record is None:  # a tracking server
+            mv = self.client.get_model_version(name, version)
+            run = self.client.get_run(mv.run_id)
+            record = _VersionRecord(
+                mv.run_id,
+                self.client.get_model_version_download_uri(name, version),
+                dict(mv.tags),
+                run.info.artifact_uri,
+                run.data.tags.get("model_type"),
+            )
+        model_type = record.tags.get("model_type") or record.run_model_type or "lightgbm"
         mlflow.set_registry_uri(self.tracking_uri)
-        run_files = self.run_artifacts(run.info.artifact_uri)
+        run_files = self.run_artifacts(record.artifact_uri)
         with tempfile.TemporaryDirectory() as tmp:
             for sub in ("model", "run"):
                 (Path(tmp) / sub).mkdir()
             # verified and loaded from the same local copy, so what is loaded is what was checked
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=str(Path(tmp) / "model"),
+                artifact_uri=record.location, dst_path=str(Path(tmp) / "model"),
                 tracking_uri=self.tracking_uri,
             )  # fmt: skip
-            verify_model_artifact(name, str(version), mv.tags.get(ARTIFACT_HASH_TAG), local)
+            verify_model_artifact(name, version, record.tags.get(ARTIFACT_HASH_TAG), local)
             flavors = {"lightgbm": mlflow.lightgbm, "xgboost": mlflow.xgboost}
             flavor = flavors.get(model_type, mlflow.sklearn)
             model = flavor.load_model(local)
@@ -700,8 +753,44 @@ class Tracker:
                 calibrator = Calibrator.from_dict(json_file("calibrator.json"))
             features = json_file("feature_list.json")["features"]
         return LoadedModel(
-            name, str(version), mv.run_id, model_type, model, calibrator, features, dict(mv.tags)
+            name, version, record.run_id, model_type, model, calibrator, features, record.tags
         )
+
+    def _sql_version_record(self, name: str, version: str) -> _VersionRecord | None:
+        """What `load_model` needs of a version, read in one session of a SQL store (None on a
+        tracking server): its run, storage location and tags, and the run's artifact root. The
+        client's `get_model_version` also reads the aliases, and `get_run` every parameter, metric,
+        tag, dataset and model input and output of the run: about 40 % of a load's CPU when the
+        ensemble loads its meta-learners. The same validation and errors as the client (a missing
+        or deleted version raises RESOURCE_DOES_NOT_EXIST)."""
+        store = self._sql_registry()
+        if store is None:
+            return None
+        from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+        from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+
+        with store.ManagedSessionMaker() as session:
+            row = store._get_sql_model_version(session, name, version)
+            tags = {
+                tag.key: tag.value
+                for tag in session.query(SqlModelVersionTag).filter(
+                    SqlModelVersionTag.name == row.name,
+                    SqlModelVersionTag.version == row.version,
+                )
+            }
+            artifact_uri = (
+                session.query(SqlRun.artifact_uri).filter(SqlRun.run_uuid == row.run_id).scalar()
+            )
+            run_model_type = None
+            if "model_type" not in tags:
+                run_model_type = (
+                    session.query(SqlTag.value)
+                    .filter(SqlTag.run_uuid == row.run_id, SqlTag.key == "model_type")
+                    .scalar()
+                )
+            return _VersionRecord(
+                row.run_id, row.storage_location or row.source, tags, artifact_uri, run_model_type
+            )
 
     def run_artifacts(self, artifact_uri: str) -> Any:
         """The artifact repository of a run (its `info.artifact_uri`), to list and copy several of
@@ -718,8 +807,43 @@ class Tracker:
 
     def latest_version(self, name: str) -> str | None:
         """The newest registered version of `name`, or None when it has none (or does not exist)."""
-        versions = self.client.search_model_versions(f"name = '{name}'")
-        return max((str(v.version) for v in versions), key=int, default=None)
+        return max((v.version for v in self.versions(name)), key=int, default=None)
+
+    def versions(self, name: str) -> list[VersionSummary]:
+        """Every registered version of `name` (none when the model does not exist), as
+        `search_model_versions` lists them, oldest first. On a SQL store one query of four
+        columns: the client's search also reads every version's tags and aliases, and a model
+        retrained nightly gains a version a night while the catalog lists them at every
+        registration."""
+        store = self._sql_registry()
+        if store is None:
+            found = self.client.search_model_versions(f"name = '{name}'")
+            summaries = [
+                VersionSummary(str(v.version), v.source, v.run_id, v.creation_timestamp)
+                for v in found
+            ]
+            return sorted(summaries, key=lambda v: int(v.version))
+        from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+        from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+
+        with store.ManagedSessionMaker() as session:
+            rows = (
+                session.query(
+                    SqlModelVersion.version,
+                    SqlModelVersion.source,
+                    SqlModelVersion.run_id,
+                    SqlModelVersion.creation_time,
+                )
+                .filter(
+                    SqlModelVersion.name == name,
+                    SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL,
+                )
+                .order_by(SqlModelVersion.version)
+                .all()
+            )
+        return [
+            VersionSummary(str(v), source, run_id, created) for v, source, run_id, created in rows
+        ]
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         """Every tag on the version. On a SQL store in one transaction (MLflow's client writes one
@@ -753,7 +877,7 @@ class Tracker:
 
     def version_count(self, name: str) -> int:
         """How many versions were registered (the trials behind a deflated Sharpe ratio)."""
-        return len(self.client.search_model_versions(f"name = '{name}'"))
+        return len(self.versions(name))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         store = self._sql_registry()

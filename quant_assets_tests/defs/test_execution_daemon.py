@@ -8,6 +8,7 @@ auto batch size of the partitioned assets (`symbols_per_run`)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from quant_assets.defs.daemon import (
     run_slots,
     settle_signature,
 )
+from quant_assets.defs.partitions import SYMBOL_PARTITIONS_NAME
 from quant_assets.defs.run_queue import run_priority
 from quant_assets.lib.settings import load_settings
 
@@ -202,10 +204,42 @@ def test_priority_follows_the_finest_timeframe_of_the_partitions() -> None:
     assert run_priority({"dagster/partition": "BTCUSDT|2h"}) is None
 
 
+def test_a_batched_run_counts_the_bars_of_all_its_symbols() -> None:
+    """A range of symbols is worth its symbols' bars: 32 symbols of 1d hold about as many as one
+    symbol of 1h (-5 against -6), so a batch of 1d training starts before a timeframe's global
+    model (one partition); the symbols are counted in the instance's order."""
+    symbols = [f"S{i:02d}" for i in range(64)]
+
+    def batch(first: str, last: str, timeframe: str) -> dict[str, str]:
+        return {
+            "dagster/asset_partition_range_start": f"{first}|{timeframe}",
+            "dagster/asset_partition_range_end": f"{last}|{timeframe}",
+        }
+
+    assert run_priority(batch("S00", "S31", "1d"), symbols) == -5  # log2(32 / 1440)
+    assert run_priority(batch("S32", "S63", "4h"), symbols) == -3
+    assert run_priority(batch("S00", "S63", "1h"), symbols) == 0  # log2(64 / 60)
+    assert (
+        run_priority({"dagster/partition": "1h"})
+        == -6
+        < run_priority(batch("S00", "S31", "1d"), symbols)
+    )
+    # ends not among the symbols (or none given): one symbol
+    assert run_priority(batch("S00", "X", "1d"), symbols) == -10
+    assert run_priority(batch("S00", "S31", "1d")) == -10
+    # a rectangle of one symbol's timeframes, and of 2 symbols' timeframes
+    across = {
+        "dagster/asset_partition_range_start": "S00|1h",
+        "dagster/asset_partition_range_end": "S01|1d",
+    }
+    assert run_priority(across, symbols) == round(math.log2(2 * (1 / 60 + 1 / 240 + 1 / 1440)))
+
+
 def test_queued_runs_start_finest_timeframe_first(tmp_path) -> None:
     """Runs queued in the order a stage's parents finished (1d, 4h, 1h) are started by Dagster's
-    queue daemon in the order 1h, 4h, 1d, then the unpartitioned run queued first; a priority set
-    by the user is kept."""
+    queue daemon in the order 1h, 4h, 1d, after the unpartitioned run queued first and a batch of
+    32 symbols' 1d partitions (its symbols counted in the instance); a priority set by the user is
+    kept."""
     config = yaml.safe_load(instance_yaml(2, tmp_path))
     # a queued run names the code it runs (this module, loaded in process)
     origin = RemoteJobOrigin(
@@ -217,6 +251,7 @@ def test_queued_runs_start_finest_timeframe_first(tmp_path) -> None:
     )
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=config) as instance:
         assert type(instance.run_coordinator).__name__ == "PriorityRunCoordinator"
+        instance.add_dynamic_partitions(SYMBOL_PARTITIONS_NAME, [f"S{i:02d}" for i in range(64)])
         queued = {}
         for name, tags in (
             ("unpartitioned", {}),
@@ -224,19 +259,37 @@ def test_queued_runs_start_finest_timeframe_first(tmp_path) -> None:
             ("4h", {"dagster/partition": "BTCUSDT|4h"}),
             ("1h", {"dagster/partition": "BTCUSDT|1h"}),
             ("user", {"dagster/partition": "BTCUSDT|1d", PRIORITY_TAG: "5"}),
+            ("global 1h", {"dagster/partition": "1h"}),
+            (
+                "1d batch",
+                {
+                    "dagster/asset_partition_range_start": "S00|1d",
+                    "dagster/asset_partition_range_end": "S31|1d",
+                },
+            ),
         ):
             run = instance.create_run_for_job(_job, tags=tags, remote_job_origin=origin)
             stored = instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
             assert stored.status == dg.DagsterRunStatus.QUEUED
             queued[name] = stored
         tags = {name: run.tags.get(PRIORITY_TAG) for name, run in queued.items()}
-        assert tags == {"unpartitioned": None, "1d": "-10", "4h": "-8", "1h": "-6", "user": "5"}
+        assert tags == {
+            "unpartitioned": None,
+            "1d": "-10",
+            "4h": "-8",
+            "1h": "-6",
+            "user": "5",
+            "global 1h": "-6",
+            "1d batch": "-5",  # 32 of the instance's symbols
+        }
         # the order Dagster's queue daemon dequeues them in (its own sort of the queued runs)
         runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
         daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
         order = [run.run_id for run in daemon._priority_sort(list(reversed(runs)))]
         names = {run.run_id: name for name, run in queued.items()}
-        assert [names[r] for r in order] == ["user", "unpartitioned", "1h", "4h", "1d"]
+        assert [names[r] for r in order] == [
+            "user", "unpartitioned", "1d batch", "1h", "global 1h", "4h", "1d",
+        ]  # fmt: skip
 
 
 def test_auto_batch_spreads_each_timeframe_over_the_slots_from_eight_symbols_a_slot(

@@ -213,3 +213,38 @@ def test_commits_sync_to_disk_only_at_checkpoints_in_wal_mode(tmp_path):
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "delete"
         assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 2
     engine.dispose()
+
+
+def test_tables_found_are_remembered_and_a_missing_one_is_asked_again(tmp_path, monkeypatch):
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    asked: list[str] = []
+    dagsters = SqliteEventLogStorage.has_table
+    monkeypatch.setattr(
+        SqliteEventLogStorage,
+        "has_table",
+        lambda self, name: asked.append(name) or dagsters(self, name),
+    )
+    with _instance(tmp_path / "home") as instance:
+        storage = instance.event_log_storage
+        instance.add_dynamic_partitions("symbols", ["AAA", "BBB"])
+        for _ in range(5):  # as a step resolving its partition key ranges does
+            assert instance.has_dynamic_partition("symbols", "AAA")
+            assert not instance.has_dynamic_partition("symbols", "ZZZ")
+            assert instance.get_dynamic_partitions("symbols") == ["AAA", "BBB"]
+        _materialize(instance, 30)  # asset events: their tags table is looked up for each
+        assert _records(instance) == sorted((f"a{i % 10}", f"p{i}", i) for i in range(30))
+        # Dagster's own check ran once per table, not once per call
+        assert asked.count("dynamic_partitions") == 1, asked
+        assert asked.count("asset_event_tags") <= 1, asked
+        # a missing table is asked again each time, and seen once it exists
+        assert not storage.has_table("qa_extra") and not storage.has_table("qa_extra")
+        assert asked.count("qa_extra") == 2
+        with storage.index_connection() as conn:
+            conn.exec_driver_sql("CREATE TABLE qa_extra (x INTEGER)")
+        assert storage.has_table("qa_extra") and storage.has_table("qa_extra")
+        assert asked.count("qa_extra") == 3
+        # a wipe forgets what was found (the schema is Dagster's to change)
+        instance.wipe()
+        assert instance.get_dynamic_partitions("symbols") == []
+        assert asked.count("dynamic_partitions") == 2, asked

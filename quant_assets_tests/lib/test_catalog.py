@@ -91,6 +91,8 @@ def test_catalog_follows_registration_promotion_rollback_retrain(mlflow_uri, sto
     sync_catalog(tracker, store, NAME)
     assert registry_catalog_differences(tracker, store, NAME) == []
     rows = catalog(store, NAME)
+    # a sync stamps every version it listed, the ones whose aliases did not move too
+    assert rows.height == 3 and rows["synced_at"].n_unique() == 1
     third = rows.filter(pl.col("version") == v3).row(0, named=True)
     assert (third["kind"], third["symbol"], third["timeframe"]) == ("volatility", "BTCUSDT", "1h")
     assert third["semver"] == "v3.0.0" and third["data_version"] == "d3"

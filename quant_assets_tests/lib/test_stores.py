@@ -235,3 +235,33 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     # WAL is a property of the file, visible to any other connection.
     with sqlite3.connect(tmp_path / "trading.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_shared_store_is_opened_once_per_process_and_url(tmp_path: Path) -> None:
+    """`TradingStore.shared` opens a URL's store once per process (the assets ask for it per
+    partition); another URL, another process or a SQLite file deleted since get a store of their
+    own, with their tables created."""
+    import multiprocessing
+
+    url = sql_url_for(None, tmp_path / "a")
+    first = TradingStore.shared(url)
+    assert TradingStore.shared(url) is first
+    other = TradingStore.shared(sql_url_for(None, tmp_path / "b"))
+    assert other is not first
+    first.write_signals(signals_frame(3))
+    assert TradingStore.shared(url).read_signals().height == 3
+    # a forked child opens its own (its engine holds no connection of the parent's either)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply(_shared_store_rows, (url, id(first))) == (3, False)
+    # the file removed behind the process's back: opened again, tables and all
+    (tmp_path / "a" / "trading.db").unlink()
+    again = TradingStore.shared(url)
+    assert again is not first and again.read_signals().height == 0
+    again.write_signals(signals_frame(2))
+    assert TradingStore.shared(url) is again and again.read_signals().height == 2
+
+
+def _shared_store_rows(url: str, parent_id: int) -> tuple[int, bool]:
+    store = TradingStore.shared(url)
+    return store.read_signals().height, id(store) == parent_id

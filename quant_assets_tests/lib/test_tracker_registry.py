@@ -5,6 +5,8 @@ in one batch, those logged before its model linked to the model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -89,6 +91,22 @@ def test_load_model_reads_what_was_logged(tracker: Tracker, tmp_path) -> None:
         run_id, "logistic", ["a", "b", "c"],
     )  # fmt: skip
     assert loaded.calibrator is not None
+    # the version as load_model reads it in one session is what the client reads
+    mv = tracker.client.get_model_version(NAME, version.version)
+    record = tracker._sql_version_record(NAME, version.version)
+    assert record is not None and loaded.tags == dict(mv.tags) == record.tags
+    assert (record.run_id, record.location, record.artifact_uri) == (
+        mv.run_id,
+        tracker.client.get_model_version_download_uri(NAME, version.version),
+        run.info.artifact_uri,
+    )
+    from mlflow.exceptions import MlflowException
+
+    for missing in (lambda: tracker.load_model(NAME, "9"),
+                    lambda: tracker.client.get_model_version(NAME, "9")):  # fmt: skip
+        with pytest.raises(MlflowException) as raised:
+            missing()
+        assert raised.value.error_code == "RESOURCE_DOES_NOT_EXIST"
     np.testing.assert_allclose(
         loaded.predict_proba(pl.from_pandas(X)),
         calibrator.predict(model.predict_proba(X.to_numpy())[:, 1]),
@@ -110,6 +128,52 @@ def test_load_model_reads_what_was_logged(tracker: Tracker, tmp_path) -> None:
     tracker.client.set_model_version_tag(NAME, version.version, ARTIFACT_HASH_TAG, "0" * 64)
     with pytest.raises(ModelIntegrityError):
         tracker.load_model(NAME, version.version)
+
+
+def test_run_artifacts_are_written_without_reading_the_run_back(tracker: Tracker, tmp_path) -> None:
+    """Inside `run`, files go to the repository of the run `start_run` returned (the client reads
+    the whole run back to find it); they land where the client puts them, directories under their
+    own name; outside `run` the client's own path is taken."""
+    import mlflow
+
+    service = tracker.client._tracking_client
+    reads: list[str] = []
+    get_run = service.get_run
+    service.get_run = lambda run_id: reads.append(run_id) or get_run(run_id)
+    table = tmp_path / "table.csv"
+    table.write_text("a\n1\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inner.txt").write_text("inside")
+    try:
+        with tracker.run("tests", "artifacts", {}) as run_id:
+            tracker.log_text(run_id, "trained", "status.txt")
+            tracker.log_dict(run_id, {"b": 1, "a": [1, 2]}, "nested/config.json")
+            tracker.log_frame(run_id, pl.DataFrame({"x": [1, 2]}), "frames/x.csv")
+            tracker.log_file(run_id, table)
+            tracker.log_file(run_id, table, "copies")
+            tracker.log_file(run_id, tmp_path / "folder", "dirs")
+        assert reads == []
+        tracker.log_text(run_id, "after the run", "late.txt")  # through the client
+        assert reads == [run_id]
+    finally:
+        service.get_run = get_run
+    copy = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, dst_path=str(tmp_path / "copy"), tracking_uri=tracker.tracking_uri
+        )
+    )
+    files = {
+        str(p.relative_to(copy)): p.read_text() for p in sorted(copy.rglob("*")) if p.is_file()
+    }
+    assert files == {
+        "status.txt": "trained",
+        "nested/config.json": '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}',
+        "frames/x.csv": "x\n1\n2\n",
+        "table.csv": "a\n1\n",
+        "copies/table.csv": "a\n1\n",
+        "dirs/folder/inner.txt": "inside",
+        "late.txt": "after the run",
+    }
 
 
 def test_a_model_logged_outside_tracker_run_leaves_later_metrics_written(tracker: Tracker) -> None:
@@ -213,6 +277,16 @@ def test_registry_view_answers_as_the_tracker_does(tracker: Tracker) -> None:
         if latest:
             assert view.version_tags(name, latest) == tracker.version_tags(name, latest)
     assert view.latest_version(names[2]) == "3" and view.latest_version(names[3]) is None
+    # the version list read in one query is the client's search, deleted versions left out
+    for name in names:
+        searched = sorted(
+            tracker.client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+        )
+        assert [
+            (v.version, v.source, v.run_id, v.creation_timestamp) for v in tracker.versions(name)
+        ] == [(str(v.version), v.source, v.run_id, v.creation_timestamp) for v in searched]
+        assert tracker.version_count(name) == len(searched)
+    assert [v.version for v in tracker.versions(names[2])] == ["1", "2", "3"]
     assert view.version_tags(names[0], "1") == {"n": "1", "trained_at": "t1"}  # the champion
     # not prefetched: an older version, another model
     assert view.version_tags(names[1], "2") == tracker.version_tags(names[1], "2")
