@@ -116,9 +116,16 @@ def test_bar_close_runs_execute_in_one_warm_worker(project_dir, mlflow_uri) -> N
                 run_of = {r.run_id for r, _ in runs}
                 assert set(signals["dagster_run_id"].to_list()) == run_of
 
-                # the worker answers run monitoring for its runs
-                health = launcher.check_run_worker_health(runs[-1][0])
+                # the worker answers run monitoring for its runs: RUNNING until it has written the
+                # run's last engine event (after RUN_SUCCESS, which wait_for_run saw), then SUCCESS
+                deadline = time.monotonic() + 30
+                while True:
+                    health = launcher.check_run_worker_health(runs[-1][0])
+                    if health.status != WorkerStatus.RUNNING or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
                 assert health.status == WorkerStatus.SUCCESS, health
+                assert health.run_worker_id == str(worker_pid)
 
                 # a new close while the code changed on disk: a new worker takes it
                 # (a later modification time, as an editor's save: the content is unchanged)
