@@ -44,6 +44,7 @@ bench: install
 	$(VENV)/bin/python benchmarks/bench_backtest.py
 	$(VENV)/bin/python benchmarks/bench_meta.py
 	$(VENV)/bin/python benchmarks/bench_retrain.py
+	$(VENV)/bin/python benchmarks/bench_charts.py
 
 lint: install
 	$(VENV)/bin/ruff check quant_assets quant_assets_tests benchmarks

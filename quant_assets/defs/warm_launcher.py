@@ -59,7 +59,8 @@ WARM_WORKER_TAG = "quant_assets/warm_worker"
 #: modules a worker imports before it reports ready, so its first run finds them loaded
 DEFAULT_PRELOAD = ("lightgbm", "quant_assets.lib.bar_close", "quant_assets.lib.serving_cache")
 #: what a pipeline worker imports before it reports ready (what training and evaluation steps use)
-PIPELINE_PRELOAD = ("lightgbm", "sklearn.isotonic", "mlflow", "matplotlib.pyplot")
+#: (charts are drawn with Pillow, lib/raster.py; matplotlib only for the daily report, once a run)
+PIPELINE_PRELOAD = ("lightgbm", "sklearn.isotonic", "mlflow", "PIL.ImageDraw", "PIL.PngImagePlugin")
 #: seconds one request to a worker may take (they are answered without waiting for a run)
 REQUEST_TIMEOUT_SECONDS = 10.0
 

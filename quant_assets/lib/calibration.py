@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:  # scikit-learn and matplotlib are imported where used (cheap start-up)
+if TYPE_CHECKING:  # scikit-learn is imported where used (cheap start-up)
     from sklearn.isotonic import IsotonicRegression
 
 from quant_assets.lib.metrics import calibration_curve_table, expected_calibration_error
@@ -140,30 +140,39 @@ def calibration_plot_png(
         raise ValueError("calibration_plot_png needs at least one (y, prob) curve")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from matplotlib.figure import Figure
+    from quant_assets.lib import raster
+    from quant_assets.lib.plots import stacked
 
-    from quant_assets.lib.plots import TITLE_AT_TOP, save_png
-
-    # a bare Figure renders with Agg without touching pyplot's global state or any display
-    # fixed margins: the constrained-layout solver draws every figure twice (it was half the
-    # cost of a plot, paid in every training run)
-    fig = Figure(figsize=(6.4, 7.2), dpi=110)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.95, bottom=0.08, hspace=0.08)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    top.plot(
-        [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated"
-    )
     edges = np.arange(n_bins + 1) / n_bins
-    for name, (y, prob) in curves.items():
+    drawn = []
+    for (name, (y, prob)), color in zip(curves.items(), raster.CYCLE * len(curves), strict=False):
         table = calibration_curve_table(y, prob, n_bins).drop_nulls("mean_pred")
         ece = expected_calibration_error(y, prob, n_bins)
-        top.plot(table["mean_pred"], table["frac_pos"], marker="o", label=f"{name} (ECE {ece:.4f})")
-        bottom.hist(np.asarray(prob, dtype=np.float64), bins=edges, histtype="step", label=name)
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction of positives")
-    top.set_title(title, y=TITLE_AT_TOP)
-    top.legend(loc="upper left", fontsize="small")
-    top.grid(alpha=0.3)
-    bottom.set(xlabel="predicted probability", ylabel="rows")
-    bottom.grid(alpha=0.3)
-    save_png(fig, path)
+        counts, _ = np.histogram(np.asarray(prob, dtype=np.float64), bins=edges)
+        drawn.append((name, color, table, ece, counts))
+    chart = raster.Chart(6.4, 7.2, dpi=110)
+    top_box, bottom_box = stacked(0.12, 0.97, 0.08, 0.95, (3, 1), 0.08)
+    top = chart.panel(*top_box, xlim=(0.0, 1.0), ylim=(0.0, 1.0), grid=True)
+    highest = raster.limits([0.0, max(float(c.max()) for *_, c in drawn)])[1]
+    bottom = chart.panel(
+        *bottom_box,
+        xlim=(0.0, 1.0),
+        ylim=(0.0, highest),
+        grid=True,
+        yticks=raster.nice_ticks(0.0, highest, 4),
+    )  # a histogram stands on 0
+    top.line([0, 1], [0, 1], "grey", 1.0, dashed=True)
+    for _, color, table, _, counts in drawn:
+        top.line(table["mean_pred"].to_numpy(), table["frac_pos"].to_numpy(), color)
+        top.points(table["mean_pred"].to_numpy(), table["frac_pos"].to_numpy(), color, 6.0)
+        # the histogram's outline (histtype="step")
+        bottom.line(np.repeat(edges, 2), np.r_[0.0, np.repeat(counts, 2), 0.0], color, 1.5)
+    top.axes(title=title, ylabel="fraction of positives", show_xlabels=False)
+    top.legend(
+        [("perfectly calibrated", "grey", "dashed")]
+        + [(f"{name} (ECE {ece:.4f})", color, "line") for name, color, _, ece, _ in drawn],
+        size=8.3,
+    )
+    bottom.axes(xlabel="predicted probability", ylabel="rows")
+    chart.save(path)
     return path

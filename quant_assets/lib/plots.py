@@ -1,37 +1,26 @@
-"""PNG charts of backtests for asset metadata and reports: equity curves over drawdowns, monthly
-returns. Figures are drawn on matplotlib's Agg canvas without pyplot: no GUI, no global state."""
+"""PNG charts of backtests for asset metadata and MLflow runs: equity curves over drawdowns,
+monthly returns, out-of-fold evidence. Drawn with `lib.raster` (Pillow), as every partition draws
+several of them; `save_png` stores the matplotlib figures of one-off reports the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from quant_assets.lib import raster
 from quant_assets.lib.backtest import BacktestResult
 from quant_assets.lib.performance import drawdowns
 
-if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (cheap start-up)
-    from matplotlib.axes import Axes
+if TYPE_CHECKING:  # Pillow and matplotlib are imported where an image is made (cheap start-up)
     from matplotlib.figure import Figure
+    from PIL.Image import Image
 
 _MONTHS = "JFMAMJJASOND"
-
-#: every title at the top of its axes, as matplotlib places it when no tick label is above the
-#: axes (ours are below): an explicit position skips matplotlib's search for one, which measures
-#: every tick label of the axes and its siblings at each draw (7-21 % of a chart's CPU here, for
-#: pixel-identical PNGs)
-TITLE_AT_TOP = 1.0
-
-
-def _figure(**kwargs: Any):
-    """A bare matplotlib Figure (Agg canvas, no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
 
 #: a line is drawn through at most this many points (a 3-year 1h curve holds 26,000 bars; a
 #: 1000-pixel-wide panel cannot show more, and every point drawn costs CPU in every run)
@@ -47,10 +36,32 @@ def _thin(n: int, *keep: int) -> np.ndarray:
     return np.unique(np.r_[even, np.asarray(keep, dtype=np.int64)])
 
 
-def _percent():
-    from matplotlib.ticker import PercentFormatter
+def stacked(
+    left: float, right: float, bottom: float, top: float, ratios: Sequence[float], gap: float
+) -> list[tuple[float, float, float, float]]:
+    """Figure-fraction boxes (left, bottom, right, top) of panels stacked top to bottom with
+    heights in `ratios`, `gap` apart as a fraction of the mean panel height (matplotlib's
+    subplots_adjust with hspace)."""
+    n = len(ratios)
+    mean = (top - bottom) / (n + gap * (n - 1))
+    scale = mean * n / sum(ratios)
+    boxes, y = [], top
+    for ratio in ratios:
+        height = ratio * scale
+        boxes.append((left, y - height, right, y))
+        y -= height + gap * mean
+    return boxes
 
-    return PercentFormatter(1.0)
+
+def side_by_side(
+    left: float, right: float, bottom: float, top: float, n: int, gap: float
+) -> list[tuple[float, float, float, float]]:
+    """Figure-fraction boxes of n equal panels in a row (subplots_adjust with wspace)."""
+    width = (right - left) / (n + gap * (n - 1))
+    return [
+        (left + k * width * (1 + gap), bottom, left + k * width * (1 + gap) + width, top)
+        for k in range(n)
+    ]
 
 
 def monthly_returns(per_bar: pl.DataFrame) -> pl.DataFrame:
@@ -77,19 +88,18 @@ def equity_curve_png(
     champion, above a panel of their drawdowns from each curve's own running peak."""
     if not curves:
         raise ValueError("equity_curve_png: no curves to draw")
-
-    fig = _figure(figsize=(10, 6), dpi=100)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.94, bottom=0.06, hspace=0.12)
-    equity_ax, dd_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    for name, frame in curves.items():
+    series = []
+    for (name, frame), color in zip(curves.items(), raster.CYCLE * len(curves), strict=False):
         x, equity = _equity_xy(frame, name, "equity_curve_png")
         dd = drawdowns(equity)
         shown = _thin(x.size, int(np.argmax(dd)) if dd.size else 0)
-        (line,) = equity_ax.plot(x[shown], equity[shown], lw=1.2, label=name)
-        _drawdown_panel(dd_ax, x[shown], dd[shown], line.get_color())
-    equity_ax.legend(loc="upper left")
-    _finish(equity_ax, dd_ax, title)
-    return _save(fig, path)
+        series.append((name, color, x[shown], equity[shown], -dd[shown]))
+    chart = raster.Chart(10, 6, dpi=100)
+    top, bottom = stacked(0.09, 0.98, 0.06, 0.94, (3, 1), 0.12)
+    equity_panel, dd_panel = _equity_panels(chart, top, bottom, series)
+    equity_panel.legend([(name, color, "line") for name, color, *_ in series])
+    _label_equity_panels(equity_panel, dd_panel, title)
+    return _save(chart, path)
 
 
 def backtest_report_png(
@@ -105,34 +115,36 @@ def backtest_report_png(
 
     `others`: more equity curves (frames with timestamp, equity; e.g. the champion's on the same
     bars) drawn on the equity panel beside this one, named `label`, for comparison (one chart
-    where the evaluation drew two: a chart costs 0.1-0.2 CPU-s, in every run)."""
+    where the evaluation drew two)."""
     per_bar = result.per_bar
     x = per_bar.get_column("timestamp").to_numpy()
     equity = per_bar.get_column("equity").to_numpy()
-
-    fig = _figure(figsize=(11, 10), dpi=100)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.04, hspace=0.3)
-    equity_ax, dd_ax, month_ax = fig.subplots(3, 1, height_ratios=[3, 1, 2])
-    dd_ax.sharex(equity_ax)
     dd = drawdowns(np.r_[1.0, equity])[1:]
     shown = _thin(x.size, int(np.argmax(dd)) if dd.size else 0)
-    equity_ax.plot(x[shown], equity[shown], lw=1.2, color="tab:blue", label=label)
-    for name, frame in (others or {}).items():
+    series = [(label or "strategy", "tab:blue", x[shown], equity[shown], -dd[shown])]
+    extra = []
+    for (name, frame), color in zip((others or {}).items(), raster.CYCLE[1:] * 9, strict=False):
         ox, oy = _equity_xy(frame, name, "backtest_report_png")
         kept = _thin(ox.size)
-        equity_ax.plot(ox[kept], oy[kept], lw=1.0, alpha=0.8, label=name)
+        extra.append((name, color, ox[kept], oy[kept]))
+
+    chart = raster.Chart(11, 10, dpi=100)
+    top, middle, low = stacked(0.09, 0.98, 0.04, 0.92, (3, 1, 2), 0.3)
+    equity_panel, dd_panel = _equity_panels(chart, top, middle, series, extra=extra, baseline=1.0)
     if others:
-        equity_ax.legend(loc="upper left")
-    equity_ax.axhline(1.0, color="grey", lw=0.6)
-    _drawdown_panel(dd_ax, x[shown], dd[shown], "tab:red")
+        equity_panel.legend(
+            [(series[0][0], "tab:blue", "line")] + [(n, c, "line") for n, c, *_ in extra]
+        )
     subtitle = ""
     if metrics:
         subtitle = "\n" + "   ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    _finish(
-        equity_ax, dd_ax, f"{title} ({result.timeframe}, {result.trades.height} trades)" + subtitle
+    _label_equity_panels(
+        equity_panel,
+        dd_panel,
+        f"{title} ({result.timeframe}, {result.trades.height} trades)" + subtitle,
     )
-    _monthly_heatmap(month_ax, monthly_returns(per_bar))
-    return _save(fig, path)
+    _monthly_heatmap(chart, low, monthly_returns(per_bar))
+    return _save(chart, path)
 
 
 def _equity_xy(frame: pl.DataFrame, name: str, caller: str) -> tuple[np.ndarray, np.ndarray]:
@@ -143,81 +155,118 @@ def _equity_xy(frame: pl.DataFrame, name: str, caller: str) -> tuple[np.ndarray,
     return frame.get_column("timestamp").to_numpy(), frame.get_column("equity").to_numpy()
 
 
-def _drawdown_panel(ax: Axes, x: np.ndarray, dd: np.ndarray, color: str) -> None:
-    ax.fill_between(x, -dd, 0.0, color=color, alpha=0.3, lw=0)
-    ax.plot(x, -dd, color=color, lw=0.8)
+def _equity_panels(chart, top_box, bottom_box, series, extra=(), baseline: float | None = None):
+    """An equity panel over a drawdown panel sharing a date axis: series are (name, colour, x,
+    equity, -drawdown); `extra` (name, colour, x, equity) curves on the equity panel only."""
+    xs = [raster.as_micros(x) for _, _, x, _, _ in series] + [
+        raster.as_micros(x) for *_, x, _ in extra
+    ]
+    xlim = raster.limits(*xs, single=raster.ONE_DAY_US)
+    ylim = raster.limits(
+        *(s[3] for s in series),
+        *(e[3] for e in extra),
+        include=[baseline] if baseline is not None else [],
+    )
+    ddlim = raster.limits(*(s[4] for s in series), include=[0.0])
+    equity_panel = chart.panel(*top_box, xlim=xlim, ylim=ylim, x_dates=True, grid=True)
+    dd_panel = chart.panel(*bottom_box, xlim=xlim, ylim=ddlim, x_dates=True, grid=True)
+    if baseline is not None:
+        equity_panel.hline(baseline, "grey", 0.6)
+    for (_, color, _, equity, dd), x in zip(series, xs, strict=False):
+        equity_panel.line(x, equity, color, 1.2)
+        dd_panel.fill_between(x, 0.0, dd, color, alpha=0.3)
+        dd_panel.line(x, dd, color, 0.8)
+    for (_, color, _, equity), x in zip(extra, xs[len(series) :], strict=True):
+        equity_panel.line(x, equity, color, 1.0, alpha=0.8)
+    return equity_panel, dd_panel
 
 
-def _few_ticks(*axes: Axes, dates: Axes | None = None, counts: Axes | None = None) -> None:
-    """At most 5 value ticks per axis, 7 date ticks on the x axis of `dates` and 6 integer ticks on
-    the x axis of `counts`: every tick is two lines, a label and a grid line, drawn and laid out in
-    every run."""
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.yaxis.set_major_locator(MaxNLocator(5))
-    if dates is not None:
-        locator = AutoDateLocator(minticks=3, maxticks=7)
-        dates.xaxis.set_major_locator(locator)
-        dates.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    if counts is not None:
-        counts.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+def _label_equity_panels(equity_panel, dd_panel, title: str) -> None:
+    """At most 6 value ticks, 7 date ticks on the drawdown panel (which labels the shared x
+    axis), grids, axis labels and the title."""
+    equity_panel.axes(title=title, ylabel="equity", show_xlabels=False)
+    dd_panel.axes(ylabel="drawdown", ylabels=raster.percent_labels)
 
 
-def _finish(equity_ax: Axes, dd_ax: Axes, title: str) -> None:
-    _few_ticks(equity_ax, dd_ax, dates=dd_ax)
-    equity_ax.set_title(title, y=TITLE_AT_TOP)
-    equity_ax.set_ylabel("equity")
-    equity_ax.grid(alpha=0.3)
-    equity_ax.tick_params(labelbottom=False)  # the drawdown panel below shares and labels x
-    dd_ax.set_ylabel("drawdown")
-    dd_ax.yaxis.set_major_formatter(_percent())
-    dd_ax.grid(alpha=0.3)
-
-
-def _monthly_heatmap(ax: Axes, monthly: pl.DataFrame) -> None:
+def _monthly_heatmap(chart, box, monthly: pl.DataFrame) -> None:
     years = list(range(int(monthly["year"].min()), int(monthly["year"].max()) + 1))
     grid = np.full((len(years), 12), np.nan)
     rows = monthly["year"].to_numpy() - years[0]
     grid[rows, monthly["month"].to_numpy() - 1] = monthly["return"].to_numpy()
     bound = float(np.nanmax(np.abs(grid))) or 1e-9
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=-bound, vmax=bound, aspect="auto")
-    ax.set_xticks(range(12), list(_MONTHS))
-    ax.set_yticks(range(len(years)), [str(y) for y in years])
-    ax.set_title("monthly returns", y=TITLE_AT_TOP)
-    if grid.size <= 240:  # labels stay legible up to 20 years; each cell says its return
+    labelled = grid.size <= 240  # labels stay legible up to 20 years; each cell says its return
+    left, bottom, right, top = box
+    if not labelled:  # a colour scale at the right instead
+        right -= 0.09
+    # every year named while the rows are at least a line of text high, else every k-th
+    row_height = (top - bottom) * chart.image.height / len(years)
+    every = max(1, math.ceil(chart.px(10) * 1.2 / row_height))
+    named = np.arange(0, len(years), every)
+    panel = chart.panel(
+        left,
+        bottom,
+        right,
+        top,
+        xlim=(-0.5, 11.5),
+        ylim=(len(years) - 0.5, -0.5),
+        xticks=np.arange(12.0),
+        yticks=named.astype(np.float64),
+    )
+    panel.cells(raster.colormap(grid, -bound, bound))
+    panel.axes(
+        title="monthly returns", xlabels=list(_MONTHS), ylabels=[str(years[k]) for k in named]
+    )
+    if labelled:
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=7)
-    else:  # a colour scale instead (a colour bar is an axes of its own: 12 % of the chart)
-        ax.figure.colorbar(image, ax=ax, format=_percent())
+                at = (float(panel.px(j)), float(panel.py(i)))
+                chart.text(at, f"{value:.1%}", 7, anchor="mm")
+    else:
+        scale = chart.panel(
+            right + 0.015,
+            bottom,
+            right + 0.035,
+            top,
+            ylim=(-bound, bound),
+            xticks=[],
+            yticks=raster.nice_ticks(-bound, bound, 5),
+        )
+        scale.cells(raster.colormap(np.linspace(bound, -bound, 64)[:, None], -bound, bound))
+        scale.axes(ylabels=raster.percent_labels, yticks_right=True)
 
 
-#: how a chart's PNG is stored: matplotlib's RGBA pixels reduced to a palette of at most
-#: PNG_COLORS colours (Pillow's fast octree), then deflated at PNG_COMPRESS_LEVEL. A chart holds a
-#: few thousand distinct colours, nearly all of them anti-aliased edges of lines and glyphs; the
-#: palette keeps every flat colour (lines, fills, heatmap cells) and moves an edge pixel by about
-#: one level of 255 on average. An 11 x 10 inch report: 14 ms instead of 23 ms to encode, 61 KB
-#: instead of 182 KB (RGBA at zlib level 1, as matplotlib writes it). Every chart is stored three
-#: times per run (MLflow artifact, and inline in the event log's run and index shards), and the
-#: event log serializes each materialization twice, so the bytes cost CPU too.
+#: how a chart's PNG is stored: its RGB pixels reduced to a palette of at most PNG_COLORS colours
+#: (Pillow's fast octree), then deflated at PNG_COMPRESS_LEVEL. A chart holds a few thousand
+#: distinct colours, nearly all of them anti-aliased edges of lines and glyphs; the palette keeps
+#: every flat colour (lines, fills, heatmap cells) and moves an edge pixel by about one level of
+#: 255 on average. An 11 x 10 inch report: 61 KB instead of 182 KB (RGBA at zlib level 1, as
+#: matplotlib writes it). Every chart is stored three times per run (MLflow artifact, and inline
+#: in the event log's run and index shards), and the event log serializes each materialization
+#: twice, so the bytes cost CPU too.
 PNG_COLORS = 256
 PNG_COMPRESS_LEVEL = 3
 
-#: matplotlib settings while a chart is drawn: glyphs rasterized without FreeType's hinting
-#: (matplotlib's default forces the auto-hinter on every glyph of every label). At our font sizes
-#: and 100 dpi the charts look the same; the evaluation's two charts drew in 284 instead of 335 ms
-#: of CPU (medians of 5, interleaved), and text is about half of a chart's drawing.
+#: matplotlib settings while a figure is drawn (`save_png`): glyphs rasterized without FreeType's
+#: hinting (matplotlib's default forces the auto-hinter on every glyph of every label). At our
+#: font sizes and 100 dpi the charts look the same, for about 15 % less CPU.
 DRAW_RC = {"text.hinting": "no_hinting"}
 
 
+def save_image(image: Image, target: Any, dpi: float) -> None:
+    """Write an RGB image to `target` (a path or a binary file) as a paletted PNG (PNG_COLORS)
+    recording `dpi`."""
+    from PIL import Image as PILImage
+
+    paletted = image.quantize(PNG_COLORS, method=PILImage.Quantize.FASTOCTREE)
+    paletted.save(target, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
+
+
 def save_png(fig: Figure, target: Any, dpi: float | None = None) -> None:
-    """Draw `fig` on an Agg canvas with DRAW_RC (at `dpi` instead of its own, if given) and write
-    it to `target` (a path or a binary file) as a paletted PNG (PNG_COLORS)."""
+    """Draw a matplotlib `fig` on an Agg canvas with DRAW_RC (at `dpi` instead of its own, if
+    given) and write it to `target` as `save_image` does."""
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
+    from PIL import Image as PILImage
 
     own_dpi = fig.dpi
     try:
@@ -228,20 +277,17 @@ def save_png(fig: Figure, target: Any, dpi: float | None = None) -> None:
             canvas.draw()
         size = canvas.get_width_height(physical=True)
         # the canvas is opaque (the figure's face): its RGBA buffer read as RGB, alpha skipped
-        pixels = Image.frombytes("RGB", size, canvas.buffer_rgba(), "raw", "RGBX")
+        pixels = PILImage.frombytes("RGB", size, canvas.buffer_rgba(), "raw", "RGBX")
         shown_dpi = fig.dpi
     finally:
         fig.set_dpi(own_dpi)
-    paletted = pixels.quantize(PNG_COLORS, method=Image.Quantize.FASTOCTREE)
-    paletted.save(
-        target, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(shown_dpi, shown_dpi)
-    )
+    save_image(pixels, target, shown_dpi)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(chart: raster.Chart, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path)
+    chart.save(path)
     return path
 
 
@@ -264,30 +310,44 @@ def fold_evidence_png(
         if missing:
             raise ValueError(f"fold_evidence_png: {name} lacks {sorted(missing)}")
 
-    fig = _figure(figsize=(10, 3.6), dpi=100)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.8, bottom=0.14, wspace=0.28)
-    ret_ax, sharpe_ax, trial_ax = fig.subplots(1, 3)
+    chart = raster.Chart(10, 3.6, dpi=100)
+    boxes = side_by_side(0.06, 0.99, 0.14, 0.8, 3, 0.28)
     labels = [str(f) for f in folds["fold"].to_list()]
+    at = np.arange(float(len(labels)))
     returns = folds["total_return"].fill_nan(0.0).fill_null(0.0).to_numpy()
-    colors = np.where(returns > 0, "tab:green", "tab:red")
-    ret_ax.bar(labels, returns, color=colors)
-    ret_ax.yaxis.set_major_formatter(_percent())
-    ret_ax.set_title("total return per fold", y=TITLE_AT_TOP)
-    sharpe_ax.bar(labels, folds["sharpe"].fill_nan(0.0).fill_null(0.0).to_numpy(), color=colors)
-    sharpe_ax.set_title("annualized Sharpe per fold", y=TITLE_AT_TOP)
-    for ax in (ret_ax, sharpe_ax):
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_xlabel("fold")
-    sharpe = trials["sharpe"].to_numpy()
-    selected = trials["selected"].to_numpy()
-    trial_ax.scatter(np.arange(sharpe.size), sharpe, s=14, color="tab:gray", label="trials")
-    trial_ax.scatter(
-        np.flatnonzero(selected), sharpe[selected], s=40, color="tab:blue", label="selected"
+    colors = ["tab:green" if r > 0 else "tab:red" for r in returns]
+    sharpes = folds["sharpe"].fill_nan(0.0).fill_null(0.0).to_numpy()
+    for box, values, panel_title, formatter in (
+        (boxes[0], returns, "total return per fold", raster.percent_labels),
+        (boxes[1], sharpes, "annualized Sharpe per fold", raster.number_labels),
+    ):
+        panel = chart.panel(
+            *box,
+            xlim=(-0.6, len(labels) - 0.4),
+            xticks=at,
+            ylim=raster.limits(values, include=[0.0]),
+        )
+        panel.bars(at, values, colors)
+        panel.hline(0.0, "black", 0.8)
+        panel.axes(title=panel_title, xlabel="fold", xlabels=labels, ylabels=formatter)
+    sharpe = trials["sharpe"].cast(pl.Float64).to_numpy()
+    selected = trials["selected"].to_numpy().astype(bool)
+    order = np.arange(float(sharpe.size))
+    panel = chart.panel(
+        *boxes[2],
+        xlim=raster.limits(order),
+        x_integer=True,
+        max_xticks=6,
+        ylim=raster.limits(sharpe, include=[0.0]),
     )
-    trial_ax.axhline(0.0, color="black", lw=0.8)
-    _few_ticks(ret_ax, sharpe_ax, trial_ax, counts=trial_ax)  # trials are numbered
-    trial_ax.set_title(f"Sharpe of the {sharpe.size} trials (OOF)", y=TITLE_AT_TOP)
-    trial_ax.set_xlabel("trial")
-    trial_ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    return _save(fig, path)
+    panel.hline(0.0, "black", 0.8)
+    panel.points(order, sharpe, "tab:gray", 3.7)
+    panel.points(order[selected], sharpe[selected], "tab:blue", 6.3)
+    panel.axes(title=f"Sharpe of the {sharpe.size} trials (OOF)", xlabel="trial")
+    panel.legend(
+        [("trials", "tab:gray", "point"), ("selected", "tab:blue", "point")],
+        where="lower right",
+        size=8,
+    )
+    chart.title(title)
+    return _save(chart, path)

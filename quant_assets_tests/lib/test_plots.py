@@ -75,8 +75,8 @@ def test_equity_curve_png_draws_several_curves(tmp_path):
     [(1, "1h"), (2, "1h"), (10, "1m"), (48, "1h"), (30, "1d"), (26_000, "1h"), (10_950, "1d")],
 )
 def test_the_date_axis_draws_any_span_without_a_warning(tmp_path, bars, step):
-    """The date axis has at most 7 ticks (`_few_ticks`): matplotlib's AutoDateLocator warns when
-    it finds no interval for a span, and a chart is drawn for every partition, whatever its bars."""
+    """A chart is drawn for every partition, whatever its bars: one bar, minutes, decades. The
+    date axis (`raster.date_ticks`) finds calendar ticks for every span, without a warning."""
     import warnings
 
     seconds = {"1m": 60, "1h": 3600, "1d": 86400}[step]
