@@ -122,7 +122,7 @@ def _features_of(
     frame = base.join(snapshot, on="timestamp", how="left", maintain_order="left")
 
     report = recursive_analysis(
-        lambda b: compute_features(b, timeframe), bars, n_cuts=config.leakage_cuts
+        lambda b: compute_features(b, timeframe), bars, n_cuts=config.leakage_cuts, full=base
     )
     violations = mtf_lookahead_violations(base.select("timestamp"), timeframe, snapshot, higher)
     return PartitionOutput(

@@ -125,7 +125,7 @@ def _labels_of(
     frame = compute(ohlcv)
     summary = label_summary(frame)
     fh = label_summary(frame.select("label_fh"))
-    report = label_lookahead_report(compute, ohlcv, timeframe)
+    report = label_lookahead_report(compute, ohlcv, timeframe, full=frame)
     return PartitionOutput(
         frame,
         metadata={

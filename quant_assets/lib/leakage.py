@@ -68,19 +68,23 @@ def recursive_analysis(
     cut_points: Sequence[int] | None = None,
     n_cuts: int = 5,
     rtol: float = RECURSIVE_RTOL,
+    full: pl.DataFrame | None = None,
 ) -> LeakageReport:
     """Check that `compute` on bars.head(cut) reproduces the first rows of compute(bars).
 
     A row that changes when later bars are removed used those bars. Values compare equal when
     both are null, both NaN, or |a - b| <= rtol * max(|a|, |b|). Outputs are compared row by
     row from the top, so `compute` may drop leading (warm-up) rows but must keep row order.
+    `full`: compute(bars) when the caller has it already (an asset checking its own output),
+    so it is not computed twice.
     """
     cuts = (
         tuple(sorted(set(cut_points)))
         if cut_points is not None
         else tuple(default_cut_points(bars.height, n_cuts))
     )
-    full = compute(bars)
+    if full is None:
+        full = compute(bars)
     for cut in cuts:
         part = compute(bars.head(cut))
         if part.columns != full.columns:
@@ -148,15 +152,18 @@ def label_lookahead_report(
     label_column: str = "label",
     t1_column: str = "t1",
     ignore: Sequence[str] = ("sample_weight",),
+    full: pl.DataFrame | None = None,
 ) -> LeakageReport:
     """Labels are known only after their entry bar closed, never after the data ends, and never change.
 
     On the full history every labelled row needs close(entry) < t1 <= close(last bar). At each cut,
     every value computed from the truncated history must equal the full computation (values still
     null there, outcomes not known yet, are the expected difference). `ignore` lists columns that may
-    legitimately depend on later labels (sample weights count concurrent labels).
+    legitimately depend on later labels (sample weights count concurrent labels). `full`:
+    compute(bars), when the caller has it already.
     """
-    full = compute(bars)
+    if full is None:
+        full = compute(bars)
     cuts = tuple(default_cut_points(bars.height, n_cuts))
     step = timeframe_delta(timeframe)
     last_close = bars["timestamp"][-1] + step

@@ -265,6 +265,15 @@ _SHARED: dict[tuple[int, str], TradingStore] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+def _fresh_lock_after_fork() -> None:
+    """A child forked while another thread held the lock would wait for it for ever."""
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
+
 class TradingStore:
     """The trading tables at `url` (see `sql_url_for`), created when missing.
 

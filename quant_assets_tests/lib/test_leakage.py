@@ -208,3 +208,38 @@ def test_label_lookahead_report_accepts_causal_labels_and_catches_leaks() -> Non
 
     report = label_lookahead_report(peeking, bars, "1h")
     assert not report.ok and report.column == "label"
+
+
+def test_an_assets_own_output_is_checked_without_computing_it_again(hourly):
+    """Assets pass the frame they computed (`full=`): `compute` runs once per cut only, and the
+    stored frame itself is what the truncated histories must reproduce, so a stored output that
+    differs from what the code computes is caught."""
+    from quant_assets.lib.leakage import label_lookahead_report
+
+    calls: list[int] = []
+
+    def counted(bars: pl.DataFrame) -> pl.DataFrame:
+        calls.append(bars.height)
+        return compute_features(bars, "1h")
+
+    full = compute_features(hourly, "1h")
+    report = recursive_analysis(counted, hourly, n_cuts=5, full=full)
+    assert report.ok, report.describe()
+    assert calls == list(report.cuts)  # five truncated runs, no sixth on the whole history
+
+    tampered = full.with_columns(pl.col("rsi_14") * 1.01)  # not what the code computes
+    report = recursive_analysis(counted, hourly, n_cuts=5, full=tampered)
+    assert not report.ok and report.column == "rsi_14"
+
+    def labels_of(bars: pl.DataFrame) -> pl.DataFrame:
+        calls.append(-bars.height)
+        return bars.select(
+            "timestamp",
+            label=(pl.col("close").shift(-3) > pl.col("close")).cast(pl.Int8),
+            t1=pl.col("timestamp").shift(-3) + pl.duration(hours=1),
+        )
+
+    calls.clear()
+    report = label_lookahead_report(labels_of, hourly, "1h", full=labels_of(hourly))
+    assert report.ok, report.describe()
+    assert calls == [-hourly.height] + [-cut for cut in report.cuts]

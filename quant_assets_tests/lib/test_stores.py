@@ -241,8 +241,6 @@ def test_a_shared_store_is_opened_once_per_process_and_url(tmp_path: Path) -> No
     """`TradingStore.shared` opens a URL's store once per process (the assets ask for it per
     partition); another URL, another process or a SQLite file deleted since get a store of their
     own, with their tables created."""
-    import multiprocessing
-
     url = sql_url_for(None, tmp_path / "a")
     first = TradingStore.shared(url)
     assert TradingStore.shared(url) is first
@@ -251,9 +249,7 @@ def test_a_shared_store_is_opened_once_per_process_and_url(tmp_path: Path) -> No
     first.write_signals(signals_frame(3))
     assert TradingStore.shared(url).read_signals().height == 3
     # a forked child opens its own (its engine holds no connection of the parent's either)
-    context = multiprocessing.get_context("fork")
-    with context.Pool(1) as pool:
-        assert pool.apply(_shared_store_rows, (url, id(first))) == (3, False)
+    assert _in_forked_child(lambda: _shared_store_rows(url, id(first))) == [3, False]
     # the file removed behind the process's back: opened again, tables and all
     (tmp_path / "a" / "trading.db").unlink()
     again = TradingStore.shared(url)
@@ -262,6 +258,44 @@ def test_a_shared_store_is_opened_once_per_process_and_url(tmp_path: Path) -> No
     assert TradingStore.shared(url) is again and again.read_signals().height == 2
 
 
-def _shared_store_rows(url: str, parent_id: int) -> tuple[int, bool]:
+def _shared_store_rows(url: str, parent_id: int) -> list:
+    """In the child: the signal rows its shared store sees (plain SQL: polars' thread pool is
+    not safe to use after a fork) and whether it is the parent's store object."""
     store = TradingStore.shared(url)
-    return store.read_signals().height, id(store) == parent_id
+    with store.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT COUNT(*) FROM agent_signals").scalar()
+    return [rows, id(store) == parent_id]
+
+
+def _in_forked_child(work, timeout: float = 60.0):
+    """`work()` in a child made by os.fork, its JSON result read from a pipe; the child is
+    killed and the test fails if it has not answered within `timeout` seconds."""
+    import json
+    import os
+    import select
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the forked child did not answer within {timeout:.0f} s")
+        data = b""
+        while chunk := os.read(read_end, 65536):
+            data += chunk
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+    return json.loads(data)
