@@ -25,6 +25,7 @@ from quant_assets.lib.stores import (
     agent_versions,
     agents_table,
 )
+from quant_assets.lib.tracking import chunks
 
 
 def agent_identity(name: str) -> tuple[str, str, str]:
@@ -89,7 +90,7 @@ def sync_catalog(
     versions = tracker.versions(name)  # a version a night for a model retrained nightly
     listed = [mv.version for mv in versions if mv.version in known]
     # every listed version is synced now; only the rows whose aliases moved are rewritten
-    for chunk in (listed[i : i + 500] for i in range(0, len(listed), 500)):
+    for chunk in chunks(listed, 500):
         connection.execute(
             agent_versions.update()
             .where(agent_versions.c.registered_name == name, agent_versions.c.version.in_(chunk))

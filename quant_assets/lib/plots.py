@@ -1,6 +1,7 @@
 """PNG charts of backtests for asset metadata and MLflow runs: equity curves over drawdowns,
 monthly returns, out-of-fold evidence. Drawn with `lib.raster` (Pillow), as every partition draws
-several of them; `save_png` stores the matplotlib figures of one-off reports the same way."""
+several of them; `save_png` stores the matplotlib figures of one-off reports the same way
+(`raster.save_image`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from quant_assets.lib.performance import drawdowns
 
 if TYPE_CHECKING:  # Pillow and matplotlib are imported where an image is made (cheap start-up)
     from matplotlib.figure import Figure
-    from PIL.Image import Image
 
 _MONTHS = "JFMAMJJASOND"
 
@@ -235,35 +235,15 @@ def _monthly_heatmap(chart, box, monthly: pl.DataFrame) -> None:
         scale.axes(ylabels=raster.percent_labels, yticks_right=True)
 
 
-#: how a chart's PNG is stored: its RGB pixels reduced to a palette of at most PNG_COLORS colours
-#: (Pillow's fast octree), then deflated at PNG_COMPRESS_LEVEL. A chart holds a few thousand
-#: distinct colours, nearly all of them anti-aliased edges of lines and glyphs; the palette keeps
-#: every flat colour (lines, fills, heatmap cells) and moves an edge pixel by about one level of
-#: 255 on average. An 11 x 10 inch report: 61 KB instead of 182 KB (RGBA at zlib level 1, as
-#: matplotlib writes it). Every chart is stored three times per run (MLflow artifact, and inline
-#: in the event log's run and index shards), and the event log serializes each materialization
-#: twice, so the bytes cost CPU too.
-PNG_COLORS = 256
-PNG_COMPRESS_LEVEL = 3
-
 #: matplotlib settings while a figure is drawn (`save_png`): glyphs rasterized without FreeType's
 #: hinting (matplotlib's default forces the auto-hinter on every glyph of every label). At our
 #: font sizes and 100 dpi the charts look the same, for about 15 % less CPU.
 DRAW_RC = {"text.hinting": "no_hinting"}
 
 
-def save_image(image: Image, target: Any, dpi: float) -> None:
-    """Write an RGB image to `target` (a path or a binary file) as a paletted PNG (PNG_COLORS)
-    recording `dpi`."""
-    from PIL import Image as PILImage
-
-    paletted = image.quantize(PNG_COLORS, method=PILImage.Quantize.FASTOCTREE)
-    paletted.save(target, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
-
-
 def save_png(fig: Figure, target: Any, dpi: float | None = None) -> None:
     """Draw a matplotlib `fig` on an Agg canvas with DRAW_RC (at `dpi` instead of its own, if
-    given) and write it to `target` as `save_image` does."""
+    given) and write it to `target` as `raster.save_image` does."""
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image as PILImage
@@ -281,7 +261,7 @@ def save_png(fig: Figure, target: Any, dpi: float | None = None) -> None:
         shown_dpi = fig.dpi
     finally:
         fig.set_dpi(own_dpi)
-    save_image(pixels, target, shown_dpi)
+    raster.save_image(pixels, target, shown_dpi)
 
 
 def _save(chart: raster.Chart, path: str | Path) -> Path:

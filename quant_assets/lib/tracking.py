@@ -552,8 +552,8 @@ class Tracker:
 
         # MLflow caps a param value at 6000 characters; long lists are logged as artifacts too
         items = [Param(k, mask_secrets(str(v))[:6000]) for k, v in sorted(params.items())]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        for batch in chunks(items, 100):
+            self.client.log_batch(run_id, params=batch)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.log_metric_steps(run_id, {step: metrics})
@@ -597,8 +597,8 @@ class Tracker:
             for step, metrics in sorted(by_step.items())
             for k, v in sorted(metrics.items())
         ]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[start : start + 500])
+        for batch in chunks(items, 500):
+            self.client.log_batch(run_id, metrics=batch)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._log_written(run_id, artifact_file, lambda path: path.write_text(text))
@@ -932,7 +932,7 @@ class Tracker:
         newest: dict[str, str | None] = dict.fromkeys(unique)
         tags: dict[tuple[str, str], dict[str, str]] = {}
         with store.ManagedSessionMaker() as session:
-            for chunk in _chunks(unique, 500):
+            for chunk in chunks(unique, 500):
                 for row in session.query(SqlRegisteredModelAlias).filter(
                     SqlRegisteredModelAlias.name.in_(chunk)
                 ):
@@ -957,7 +957,7 @@ class Tracker:
             )
             for pair in wanted:
                 tags[(pair[0], str(pair[1]))] = {}
-            for chunk in _chunks(wanted, 400):
+            for chunk in chunks(wanted, 400):
                 for row in session.query(SqlModelVersionTag).filter(
                     tuple_(SqlModelVersionTag.name, SqlModelVersionTag.version).in_(chunk)
                 ):
@@ -973,7 +973,8 @@ class Tracker:
         return store if isinstance(store, SqlAlchemyStore) else None
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
+def chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of at most `size` items (SQL IN lists, MLflow batches)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
