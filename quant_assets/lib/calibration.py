@@ -94,6 +94,53 @@ class Calibrator:
         return f"Calibrator(sigmoid, slope={self.slope:.4g}, intercept={self.intercept:.4g})"
 
 
+def platt_parameters(x: np.ndarray, y: np.ndarray, max_iter: int = 100) -> tuple[float, float]:
+    """(slope, intercept) maximizing the likelihood of 0/1 labels `y` under
+    sigmoid(slope * x + intercept): Platt scaling, unpenalised (the two parameters are fitted on
+    many rows, no shrinkage wanted).
+
+    Newton's method with step halving, from the constant model: the log-likelihood is concave, so
+    each accepted step improves it and the iteration ends at the maximum (a step below 1e-10, or
+    max_iter steps when the classes are separable by x and no finite maximum exists). It agrees
+    with scikit-learn's `LogisticRegression(C=inf)` (quant_assets_tests/lib/test_calibration.py)
+    in a tenth of the time: a pipeline fits hundreds of these per partition (every fold of every
+    meta-learner is calibrated on the other folds), and scikit-learn's validation and L-BFGS set-up
+    cost more than the two-parameter problem itself."""
+    mean = float(y.mean())
+    theta = np.array([0.0, np.log(mean) - np.log1p(-mean)])
+
+    def loss(t: np.ndarray) -> float:
+        z = t[0] * x + t[1]
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
+
+    current = loss(theta)
+    for _ in range(max_iter):
+        z = theta[0] * x + theta[1]
+        s = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid(z) without overflow
+        r = s - y
+        w = s * (1.0 - s)
+        gradient = np.array([np.dot(r, x), r.sum()])
+        wx = w * x
+        hessian = np.array([[np.dot(wx, x), wx.sum()], [wx.sum(), w.sum()]])
+        try:
+            step = np.linalg.solve(hessian + 1e-12 * np.eye(2), gradient)
+        except np.linalg.LinAlgError:
+            break
+        scale = 1.0
+        while scale > 1e-8:
+            candidate = theta - scale * step
+            value = loss(candidate)
+            if value <= current:
+                break
+            scale *= 0.5
+        else:
+            break
+        theta, current = candidate, value
+        if np.max(np.abs(scale * step)) < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
+
+
 def fit_calibrator(oof_prob: Any, y: Any, method: CalibrationMethod) -> Calibrator:
     """Calibrator fitted on out-of-fold probabilities and their 0/1 labels.
 
@@ -115,13 +162,8 @@ def fit_calibrator(oof_prob: Any, y: Any, method: CalibrationMethod) -> Calibrat
         iso = IsotonicRegression(y_min=bound, y_max=1 - bound, out_of_bounds="clip").fit(p, labels)
         return Calibrator("isotonic", isotonic=iso)
     if method == "sigmoid":
-        # unpenalised: the two Platt parameters are fitted on many rows, no shrinkage wanted
-        from sklearn.linear_model import LogisticRegression
-
-        platt = LogisticRegression(C=np.inf).fit(_logit(p)[:, None], labels)
-        return Calibrator(
-            "sigmoid", slope=float(platt.coef_[0, 0]), intercept=float(platt.intercept_[0])
-        )
+        slope, intercept = platt_parameters(_logit(p), labels.astype(np.float64))
+        return Calibrator("sigmoid", slope=slope, intercept=intercept)
     raise ValueError(f"unknown calibration method {method!r}; expected 'isotonic' or 'sigmoid'")
 
 

@@ -92,3 +92,52 @@ def test_calibrator_json_round_trip_predicts_identically(method: str) -> None:
     restored = Calibrator.from_dict(json.loads(json.dumps(fitted.to_dict())))
     grid = np.concatenate([np.linspace(0, 1, 1001), rng.uniform(0, 1, 500)])
     np.testing.assert_array_equal(restored.predict(grid), fitted.predict(grid))
+
+
+@pytest.mark.parametrize(
+    ("seed", "n", "distortion", "base_rate"),
+    [(0, 20_000, 2.0, 0.5), (1, 300, 0.5, 0.5), (2, 5_000, 1.0, 0.1), (3, 60, 3.0, 0.8)],
+)
+def test_platt_parameters_match_scikit_learns_unpenalised_logistic_regression(
+    seed: int, n: int, distortion: float, base_rate: float
+) -> None:
+    """Our Newton fit finds scikit-learn's LogisticRegression(C=inf) parameters on logit(p) (to its
+    own L-BFGS tolerance) and a log-likelihood at least as high: small and large samples,
+    over- and under-confident predictions, rare and common positives."""
+    from sklearn.linear_model import LogisticRegression
+
+    from quant_assets.lib.calibration import _logit, platt_parameters
+
+    rng = np.random.default_rng(seed)
+    true_logit = rng.normal(np.log(base_rate / (1 - base_rate)), 1.2, n)
+    y = (rng.random(n) < _sigmoid(true_logit)).astype(int)
+    x = _logit(_sigmoid(distortion * true_logit))
+    slope, intercept = platt_parameters(x, y.astype(float))
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[:, None], y)
+    assert slope == pytest.approx(float(ref.coef_[0, 0]), rel=1e-5, abs=1e-7)
+    assert intercept == pytest.approx(float(ref.intercept_[0]), rel=1e-5, abs=1e-7)
+
+    def log_likelihood(a: float, b: float) -> float:
+        z = a * x + b
+        return float(np.sum(y * z - np.logaddexp(0.0, z)))
+
+    default = LogisticRegression(C=np.inf).fit(x[:, None], y)  # what fit_calibrator used before
+    assert (
+        log_likelihood(slope, intercept)
+        >= log_likelihood(float(default.coef_[0, 0]), float(default.intercept_[0])) - 1e-9
+    )
+    calibrator = fit_calibrator(_sigmoid(x), y, "sigmoid")
+    assert (calibrator.slope, calibrator.intercept) == pytest.approx((slope, intercept), rel=1e-6)
+
+
+def test_platt_parameters_stop_on_separable_classes() -> None:
+    """Perfectly separated classes have no finite maximum: the fit still ends (at max_iter steps
+    or when the steps vanish) with a steep, increasing, finite map that ranks as the data does."""
+    from quant_assets.lib.calibration import platt_parameters
+
+    x = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    y = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    slope, intercept = platt_parameters(x, y)
+    assert np.isfinite(slope) and np.isfinite(intercept)
+    assert slope > 5
+    assert abs(intercept) < 1e-3 * slope  # the data are symmetric about 0
