@@ -52,14 +52,8 @@ pipeline's run processes do (lib.processes.run_process_env).
   model_report (tables of registry and store state) compute nothing beyond that.
 
 Prints CPU-s per partition of the pipeline and of both references (the full one per asset),
-the pipeline's ratio to each, and two extrapolations of the pipeline's wall time to 500 symbols x
-3 timeframes, with the cross-sectional steps' memory estimate at 500 symbols of 1h bars:
-- linear in symbols: the measured wall time times 500 / symbols. It also multiplies the global
-  models, whose rows are bounded (at most 400,000 per timeframe), so it overstates them.
-- global models by their rows: every step's CPU but the global models' linear in symbols, each
-  timeframe's global model in proportion to the rows it would read at 500 symbols (measured
-  step time x rows at 500 / rows now; the rows from the training datasets' row counts and the
-  asset's own rows_per_symbol), the total divided by this run's CPU utilization.
+the pipeline's ratio to each, and the extrapolation of the pipeline's wall time to 500 symbols x
+3 timeframes, with the cross-sectional steps' memory estimate at 500 symbols of 1h bars.
 """
 
 from __future__ import annotations
@@ -76,7 +70,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 UNIVERSE = [
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT",
@@ -260,22 +253,14 @@ def run_pipeline(symbols: list[str], timeframes: list[str], end: str, workdir: P
         )
         runs = len(records)
         steps: dict[str, float] = {}
-        global_seconds: dict[str, float] = {}
         for record in records:
             for stat in instance.get_run_step_stats(record.dagster_run.run_id):
                 if stat.start_time and stat.end_time:
-                    seconds = stat.end_time - stat.start_time
-                    steps[stat.step_key] = steps.get(stat.step_key, 0.0) + seconds
-                    if stat.step_key == GLOBAL_STEP:
-                        tags = record.dagster_run.tags  # one timeframe per run (TIMEFRAME_EACH)
-                        key = tags.get("dagster/asset_partition_range_start", "")
-                        key = tags.get("dagster/partition", key)
-                        global_seconds[key] = global_seconds.get(key, 0.0) + seconds
-        dataset_rows = _dataset_rows(instance, timeframes)
+                    steps[stat.step_key] = steps.get(stat.step_key, 0.0) + (
+                        stat.end_time - stat.start_time
+                    )
     return {
         "steps": steps,
-        "global_seconds": global_seconds,
-        "dataset_rows": dataset_rows,
         "by_kind": sampler.cpu_by_kind(),
         "wall": wall,
         "cpu": cpu,
@@ -286,57 +271,6 @@ def run_pipeline(symbols: list[str], timeframes: list[str], end: str, workdir: P
         "peak_rss": sampler.peak_rss,
         "tail": output.strip().splitlines()[-1],
     }
-
-
-GLOBAL_STEP = "global_challenger_model"
-
-
-def _dataset_rows(instance: Any, timeframes: list[str]) -> dict[str, list[int]]:
-    """Each symbol's training_dataset rows per timeframe, from the materializations' row counts."""
-    import dagster as dg
-
-    out: dict[str, list[int]] = {tf: [] for tf in timeframes}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("training_dataset")),
-            limit=1000,
-            cursor=cursor,
-        )
-        for record in page.records:
-            event = record.asset_materialization
-            rows = event.metadata.get("dagster/row_count")
-            if event.partition and rows is not None:
-                out.setdefault(event.partition.split("|")[1], []).append(int(rows.value))
-        if not page.has_more:
-            return out
-        cursor = page.cursor
-
-
-def global_rows(available: list[int], symbols: int) -> int:
-    """The rows the global model of one timeframe reads at `symbols` symbols, each holding about
-    the mean of `available` rows: each symbol's latest rows_per_symbol(symbols), as the asset does
-    (defs.models.GlobalTrainingConfig)."""
-    from quant_assets.defs.models import GlobalTrainingConfig
-
-    per_symbol = sum(available) / max(len(available), 1)
-    return round(symbols * min(GlobalTrainingConfig().rows_per_symbol(symbols), per_symbol))
-
-
-def extrapolated_cpu(pipe: dict, symbols: int, target: int) -> tuple[float, dict[str, float]]:
-    """CPU-seconds of the whole pipeline at `target` symbols: every step but the global models
-    linear in symbols; each timeframe's global model in proportion to the rows it reads (bounded by
-    max_rows and max_rows_per_symbol, so at most 400,000 rows whatever the universe; a tree fit
-    costs about its rows), measured by its step's wall time (one process on one core). Returns
-    the total and the global models' extrapolated seconds per timeframe."""
-    measured = sum(pipe["global_seconds"].values())
-    scaled = {
-        tf: seconds
-        * global_rows(pipe["dataset_rows"].get(tf, []), target)
-        / max(global_rows(pipe["dataset_rows"].get(tf, []), symbols), 1)
-        for tf, seconds in pipe["global_seconds"].items()
-    }
-    return (pipe["cpu"] - measured) * target / symbols + sum(scaled.values()), scaled
 
 
 def run_reference(
@@ -1132,17 +1066,6 @@ def main() -> None:
     scale = 500 / len(symbols)
     print(f"extrapolated to 500 symbols x {len(timeframes)} timeframes: "
           f"{pipe['wall'] * scale / 60:.0f} min wall (linear in symbols)")  # fmt: skip
-    cpu500, global500 = extrapolated_cpu(pipe, len(symbols), 500)
-    print(
-        f"extrapolated to 500 symbols x {len(timeframes)} timeframes, global models by their "
-        f"rows: {cpu500 / pipe['util'] / 60:.0f} min wall ({cpu500:.0f} CPU-s at this run's "
-        f"{pipe['util']:.0%} utilization; the global models "
-        + ", ".join(
-            f"{tf} {pipe['global_seconds'][tf]:.0f} -> {seconds:.0f} s"
-            for tf, seconds in global500.items()
-        )
-        + "; every other step linear in symbols)"
-    )
     hours = args.years * 365.25 * 24
     # cross_sectional_ranks reads timestamp + 3 columns of every symbol, then ranks (about 3 copies)
     estimate = 500 * hours * 8 * 4 * 3 / 2**30
