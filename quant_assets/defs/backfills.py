@@ -350,15 +350,51 @@ def pool_waits(instance: dg.DagsterInstance) -> list[str]:
 
 @dataclass
 class BackfillProgress:
+    """done/failed/total: the backfill's own subsets (what the UI's backfill page counts; the
+    daemon adds a run's partitions when the run has ended). running: partitions already
+    materialized by runs of the backfill still in progress, not yet in `done` (a batched run
+    materializes a step's partitions long before it ends)."""
+
     status: str
     done: int
     failed: int
     total: int
     runs: dict[str, int] = field(default_factory=dict)
     by_asset: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    running: int = 0
 
 
-def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> BackfillProgress:
+#: runs whose materializations the backfill's subsets do not hold yet
+UNFINISHED_RUNS = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def running_partitions(
+    instance: dg.DagsterInstance, backfill_id: str, done: AssetGraphSubset
+) -> int:
+    """Asset partitions materialized by the backfill's unfinished runs that `done` lacks (the daemon
+    adds them at its next iteration): each run's materializations, read as the daemon reads them,
+    projected on their indexed columns (no event payload, which holds the metadata's charts)."""
+    seen: set[AssetKeyPartitionKey] = set()
+    runs = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=UNFINISHED_RUNS, tags={"dagster/backfill": backfill_id})
+    )
+    for run in runs:
+        rows = instance.get_asset_event_summary_records(
+            dg.DagsterEventType.ASSET_MATERIALIZATION, run_id=run.dagster_run.run_id
+        )
+        seen.update(AssetKeyPartitionKey(row.asset_key, row.partition) for row in rows)
+    return sum(1 for key in seen if key not in done)
+
+
+def backfill_progress(
+    instance: dg.DagsterInstance, backfill_id: str, count_running: bool = True
+) -> BackfillProgress:
+    """The backfill's status, counts and runs; with count_running, also what its unfinished runs
+    have materialized so far (a few event log queries: the CLI counts it every QUIET_SECONDS)."""
     backfill = instance.get_backfill(backfill_id)
     data = backfill.asset_backfill_data
     target, done = data.target_subset, data.materialized_subset
@@ -384,6 +420,9 @@ def backfill_progress(instance: dg.DagsterInstance, backfill_id: str) -> Backfil
         total=sum(v[2] for v in by_asset.values()),
         runs=counts,
         by_asset=by_asset,
+        running=running_partitions(instance, backfill_id, done)
+        if count_running and any(counts.get(status.value) for status in UNFINISHED_RUNS)
+        else 0,
     )
 
 
@@ -432,9 +471,19 @@ def follow_backfill(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     last_line, last_print, cancel_started = "", 0.0, None
+    counted: tuple[float, int, int] = (-QUIET_SECONDS, -1, 0)  # (when, done then, running)
     try:
         while True:
-            progress = backfill_progress(instance, backfill_id)
+            # what running runs materialized, counted again every QUIET_SECONDS or once `done`
+            # moved (the daemon took some of it over)
+            stale = time.monotonic() - counted[0] >= QUIET_SECONDS
+            progress = backfill_progress(instance, backfill_id, count_running=stale)
+            if stale or progress.done != counted[1]:
+                if not stale:
+                    progress = backfill_progress(instance, backfill_id)
+                counted = (time.monotonic(), progress.done, progress.running)
+            else:
+                progress.running = counted[2]
             status = BulkActionStatus(progress.status)
             if received and status == BulkActionStatus.REQUESTED:
                 # Asked again on every poll: the backfill daemon writes back the copy it read at
@@ -471,16 +520,17 @@ def follow_backfill(
 
 
 def _progress_line(progress: BackfillProgress, elapsed: float) -> str:
-    settled = progress.done + progress.failed
+    """Partitions done (those of runs still in progress included, as they materialize), failed,
+    elapsed time, ETA at the rate so far, and the backfill's runs by status."""
+    done = progress.done + progress.running
+    settled = done + progress.failed
     eta = ""
     if 0 < settled < progress.total:
         eta = f", ETA {_clock(elapsed / settled * (progress.total - settled))}"
     runs = ", ".join(f"{n} {s.lower()}" for s, n in sorted(progress.runs.items())) or "none yet"
     failed = f", {progress.failed} failed" if progress.failed else ""
-    return (
-        f"[{_clock(elapsed)}] {progress.done}/{progress.total} asset partitions done{failed}"
-        f"{eta}; runs: {runs}"
-    )
+    done_line = f"{done}/{progress.total} asset partitions done{failed}{eta}"
+    return f"[{_clock(elapsed)}] {done_line}; runs: {runs}"
 
 
 def _clock(seconds: float) -> str:

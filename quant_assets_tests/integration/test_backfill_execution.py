@@ -87,6 +87,19 @@ def test_sigterm_cancels_the_backfill_and_frees_every_slot(tmp_path: Path) -> No
             return any("challenger_model" in str(r.asset_selection) for r in runs)
 
         _wait_for(training_started, 240, "a training run to start")
+        # progress counts what a batched run has materialized before the run ends (the backfill's
+        # own subset gains it only then), and never twice
+        from quant_assets.defs.backfills import backfill_progress
+
+        (backfill,) = instance.get_backfills()
+        seen: list = []
+
+        def partitions_of_a_running_run_counted() -> bool:
+            seen.append(backfill_progress(instance, backfill.backfill_id))
+            return seen[-1].running > 0
+
+        _wait_for(partitions_of_a_running_run_counted, 120, "a running run's materializations")
+        assert all(p.done + p.running <= p.total for p in seen)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=180)
         assert process.returncode == 128 + signal.SIGTERM, out + err
