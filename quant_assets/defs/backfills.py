@@ -372,12 +372,12 @@ UNFINISHED_RUNS = [
 ]
 
 
-def running_partitions(
-    instance: dg.DagsterInstance, backfill_id: str, done: AssetGraphSubset
-) -> int:
-    """Asset partitions materialized by the backfill's unfinished runs that `done` lacks (the daemon
-    adds them at its next iteration): each run's materializations, read as the daemon reads them,
-    projected on their indexed columns (no event payload, which holds the metadata's charts)."""
+def materialized_by_unfinished_runs(
+    instance: dg.DagsterInstance, backfill_id: str
+) -> set[AssetKeyPartitionKey]:
+    """Asset partitions materialized so far by the backfill's unfinished runs: each run's
+    materializations, read as the daemon reads them, projected on their indexed columns (no event
+    payload, which holds the metadata's charts)."""
     seen: set[AssetKeyPartitionKey] = set()
     runs = instance.get_run_records(
         filters=dg.RunsFilter(statuses=UNFINISHED_RUNS, tags={"dagster/backfill": backfill_id})
@@ -387,14 +387,21 @@ def running_partitions(
             dg.DagsterEventType.ASSET_MATERIALIZATION, run_id=run.dagster_run.run_id
         )
         seen.update(AssetKeyPartitionKey(row.asset_key, row.partition) for row in rows)
-    return sum(1 for key in seen if key not in done)
+    return seen
 
 
 def backfill_progress(
-    instance: dg.DagsterInstance, backfill_id: str, count_running: bool = True
+    instance: dg.DagsterInstance,
+    backfill_id: str,
+    seen: set[AssetKeyPartitionKey] | None = None,
+    count_running: bool = True,
 ) -> BackfillProgress:
-    """The backfill's status, counts and runs; with count_running, also what its unfinished runs
-    have materialized so far (a few event log queries: the CLI counts it every QUIET_SECONDS)."""
+    """The backfill's status, counts and runs, and `running`: the partitions in `seen` that the
+    backfill's own `done` lacks yet. With count_running, `seen` first gains what its unfinished
+    runs have materialized so far (a few event log queries; the CLI asks every QUIET_SECONDS).
+    `seen` is kept by the caller across calls: a run that has just ended is no longer unfinished,
+    and the daemon adds its partitions to `done` only at its next iteration."""
+    seen = set() if seen is None else seen
     backfill = instance.get_backfill(backfill_id)
     data = backfill.asset_backfill_data
     target, done = data.target_subset, data.materialized_subset
@@ -413,6 +420,8 @@ def backfill_progress(
         )
         if n:
             counts[status.value] = n
+    if count_running and any(counts.get(status.value) for status in UNFINISHED_RUNS):
+        seen |= materialized_by_unfinished_runs(instance, backfill_id)
     return BackfillProgress(
         status=backfill.status.value,
         done=sum(v[0] for v in by_asset.values()),
@@ -420,9 +429,7 @@ def backfill_progress(
         total=sum(v[2] for v in by_asset.values()),
         runs=counts,
         by_asset=by_asset,
-        running=running_partitions(instance, backfill_id, done)
-        if count_running and any(counts.get(status.value) for status in UNFINISHED_RUNS)
-        else 0,
+        running=sum(1 for key in seen if key not in done),
     )
 
 
@@ -471,19 +478,14 @@ def follow_backfill(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     last_line, last_print, cancel_started = "", 0.0, None
-    counted: tuple[float, int, int] = (-QUIET_SECONDS, -1, 0)  # (when, done then, running)
+    seen: set[AssetKeyPartitionKey] = set()  # materialized by the backfill's runs, as seen
+    counted = -QUIET_SECONDS
     try:
         while True:
-            # what running runs materialized, counted again every QUIET_SECONDS or once `done`
-            # moved (the daemon took some of it over)
-            stale = time.monotonic() - counted[0] >= QUIET_SECONDS
-            progress = backfill_progress(instance, backfill_id, count_running=stale)
-            if stale or progress.done != counted[1]:
-                if not stale:
-                    progress = backfill_progress(instance, backfill_id)
-                counted = (time.monotonic(), progress.done, progress.running)
-            else:
-                progress.running = counted[2]
+            # what running runs materialized, read again every QUIET_SECONDS
+            stale = time.monotonic() - counted >= QUIET_SECONDS
+            progress = backfill_progress(instance, backfill_id, seen, count_running=stale)
+            counted = time.monotonic() if stale else counted
             status = BulkActionStatus(progress.status)
             if received and status == BulkActionStatus.REQUESTED:
                 # Asked again on every poll: the backfill daemon writes back the copy it read at

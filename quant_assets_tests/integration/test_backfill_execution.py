@@ -88,18 +88,20 @@ def test_sigterm_cancels_the_backfill_and_frees_every_slot(tmp_path: Path) -> No
 
         _wait_for(training_started, 240, "a training run to start")
         # progress counts what a batched run has materialized before the run ends (the backfill's
-        # own subset gains it only then), and never twice
+        # own subset gains it later), never twice, and never goes back
         from quant_assets.defs.backfills import backfill_progress
 
         (backfill,) = instance.get_backfills()
-        seen: list = []
+        polls: list = []
+        materialized: set = set()
 
         def partitions_of_a_running_run_counted() -> bool:
-            seen.append(backfill_progress(instance, backfill.backfill_id))
-            return seen[-1].running > 0
+            polls.append(backfill_progress(instance, backfill.backfill_id, materialized))
+            return polls[-1].running > 0
 
         _wait_for(partitions_of_a_running_run_counted, 120, "a running run's materializations")
-        assert all(p.done + p.running <= p.total for p in seen)
+        counts = [p.done + p.running for p in polls]
+        assert counts == sorted(counts) and counts[-1] <= polls[-1].total, counts
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=180)
         assert process.returncode == 128 + signal.SIGTERM, out + err
