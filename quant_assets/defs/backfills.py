@@ -485,7 +485,8 @@ def follow_backfill(
             # what running runs materialized, read again every QUIET_SECONDS
             stale = time.monotonic() - counted >= QUIET_SECONDS
             progress = backfill_progress(instance, backfill_id, seen, count_running=stale)
-            counted = time.monotonic() if stale else counted
+            if stale:
+                counted = time.monotonic()
             status = BulkActionStatus(progress.status)
             if received and status == BulkActionStatus.REQUESTED:
                 # Asked again on every poll: the backfill daemon writes back the copy it read at
