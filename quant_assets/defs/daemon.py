@@ -18,6 +18,12 @@ no materialization has been stored for `SETTLE_QUIET_SECONDS` (another run may b
 batch) and no run waits in the queue (children requested then would queue behind it, and the
 stage's runs still going could not join them); besides, every `SETTLE_MAX_SECONDS` when quiet,
 and at the latest every 4 x that, with nothing queued (`iteration_due`).
+
+An iteration also holds its requests back while a run in flight still makes a parent of an asset
+that would otherwise join a run it requests (`holding_iteration`): Dagster would run that asset
+apart, and everything after it (the demo's 20-run outcome, against 14: the ensemble and signals
+apart from the training stage because one timeframe's meta layer was still running). The check
+reads the very run requests Dagster computed, so nothing is computed twice.
 """
 
 from __future__ import annotations
@@ -170,6 +176,128 @@ def iteration_due(
     return quiet and (changed or in_flight == 0 or since_last >= SETTLE_MAX_SECONDS)
 
 
+def _groupable(asset_graph, parent_key, child_key) -> bool:
+    """Whether Dagster's backfill can put `child_key` in the run of `parent_key` (the same
+    partitions, backfill policy and an identity mapping: `_get_cant_run_because_of_parent_reason`
+    in Dagster's `asset_backfill.py`)."""
+    import dagster as dg
+
+    parent, child = asset_graph.get(parent_key), asset_graph.get(child_key)
+    if parent.partitions_def != child.partitions_def:
+        return False
+    if parent.backfill_policy != child.backfill_policy:
+        return False
+    if not parent.is_partitioned:
+        return True
+    mapping = asset_graph.get_partition_mapping(child_key, parent_asset_key=parent_key)
+    return isinstance(mapping, dg.IdentityPartitionMapping) or (
+        isinstance(mapping, dg.TimeWindowPartitionMapping)
+        and mapping.start_offset == 0
+        and mapping.end_offset == 0
+    )
+
+
+def split_by_runs_in_flight(view, tick, in_flight, settled) -> list[str]:
+    """The asset partitions an iteration would leave to runs of their own only because a run in
+    flight still makes one of their parents: an asset partition `c` that could join the run of a
+    parent the iteration requests (`_groupable`), is not requested with it, and has another parent
+    partition still in flight. Dagster then drops every candidate partition of `c`'s asset until
+    that parent has materialized, and runs them apart later, a run per timeframe (the demo's 20-run
+    outcome: `ensemble_signals` and `signals` apart from the training stage because one
+    timeframe's meta layer was still running). Once the run in flight has finished, the same
+    iteration requests `c` with its parent.
+
+    view: an AssetGraphView; tick: the AssetGraphSubset the iteration would request; in_flight:
+    requested but neither materialized nor failed; settled: requested, materialized or failed
+    before this iteration. Returns one line per asset found ("child with parent: waits for
+    other"), empty when nothing would be split this way."""
+    graph = view.asset_graph
+    found = []
+    for parent_key in sorted(tick.asset_keys):
+        asked = view.get_entity_subset_from_asset_graph_subset(tick, parent_key)
+        for child_key in sorted(graph.get(parent_key).child_keys):
+            if not _groupable(graph, parent_key, child_key):
+                continue
+            left = view.compute_child_subset(child_key, asked).compute_difference(
+                view.get_entity_subset_from_asset_graph_subset(tick | settled, child_key)
+            )
+            if left.is_empty:
+                continue
+            for other in sorted(graph.get(child_key).parent_keys - {parent_key, child_key}):
+                going = view.get_entity_subset_from_asset_graph_subset(in_flight, other)
+                if going.is_empty:
+                    continue
+                if not view.compute_parent_subset(other, left).compute_intersection(going).is_empty:
+                    found.append(
+                        f"{child_key.to_user_string()} with {parent_key.to_user_string()}: "
+                        f"waits for {other.to_user_string()}"
+                    )
+                    break
+    return found
+
+
+#: whether the backfill iteration may hold a split back (set by the settled daemon's loop: runs are
+#: in flight, nothing is being cancelled and the forced iteration is not due)
+HOLD = {"allowed": False}
+
+
+def held_splits(result, asset_backfill_data, view) -> list[str]:
+    """What `split_by_runs_in_flight` finds in the run requests of a backfill iteration
+    (`result`, an AssetBackfillIterationResult) computed from `asset_backfill_data`."""
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.execution.asset_backfill import (
+        _get_requested_asset_graph_subset_from_run_requests,
+    )
+
+    if not result.run_requests:
+        return []
+    requested = asset_backfill_data.requested_subset
+    done = result.backfill_data
+    finished = done.materialized_subset | done.failed_and_downstream_subset
+    with partition_loading_context(
+        effective_dt=view.effective_dt,
+        dynamic_partitions_store=view.get_inner_queryer_for_back_compat(),
+    ):
+        tick = _get_requested_asset_graph_subset_from_run_requests(result.run_requests, view)
+        return split_by_runs_in_flight(view, tick, requested - finished, requested | finished)
+
+
+def _has_runs_in_flight(instance, backfill_id: str) -> bool:
+    """Whether a run of the backfill is not finished (else nothing it waits for can come)."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    runs = dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}, statuses=list(NOT_FINISHED_STATUSES))
+    return instance.get_runs_count(runs) > 0
+
+
+def holding_iteration(inner, allowed):
+    """Dagster's backfill iteration (`execute_asset_backfill_iteration_inner`, which computes the
+    runs to request and has no side effects) that requests nothing while `allowed()` and the runs
+    it would request split a stage (`held_splits`): the materialized and failed partitions it has
+    read are kept, the candidates are all computed again on the next iteration, once the run in
+    flight has finished. Nothing is computed twice, and what is checked is exactly what would be
+    requested."""
+
+    def iteration(**kwargs):
+        result = inner(**kwargs)
+        if allowed():
+            view = kwargs["asset_graph_view"]
+            found = held_splits(result, kwargs["asset_backfill_data"], view)
+            if found and _has_runs_in_flight(view.instance, kwargs["backfill_id"]):
+                kwargs["logger"].info(
+                    "backfill %s: requests held until a run in flight has finished, else "
+                    "Dagster would run these apart: %s",
+                    kwargs["backfill_id"],
+                    "; ".join(found),
+                )
+                return result._replace(run_requests=[], reserved_run_ids=[])
+        return result
+
+    return iteration
+
+
 def settled_backfill_daemon(instance):
     """Dagster's backfill daemon, iterating only when its inputs are settled (module docstring)."""
     import time
@@ -191,14 +319,21 @@ def settled_backfill_daemon(instance):
                 if latest != stored:  # (the first look counts as quiet)
                     stored_at = now if stored is not None else now - SETTLE_QUIET_SECONDS
                     stored = latest
-                if iteration_due(
+                canceling = any(s in ("CANCELING", "FAILING") for _, s in signature[0])
+                due = iteration_due(
                     changed=signature != last,
                     in_flight=signature[2],
                     slots=slots,
                     quiet=now - stored_at >= SETTLE_QUIET_SECONDS,
-                    canceling=any(s in ("CANCELING", "FAILING") for _, s in signature[0]),
+                    canceling=canceling,
                     since_last=now - last_at,
-                ):
+                )
+                # a split is held back only while runs are in flight (one of them may complete
+                # the stage) and never in the forced iteration
+                HOLD["allowed"] = bool(
+                    signature[2] and not canceling and now - last_at < 4 * SETTLE_MAX_SECONDS
+                )
+                if due:
                     yield SpanMarker.START_SPAN
                     try:
                         yield from execute_backfill_iteration(
@@ -226,6 +361,7 @@ def settled_backfill_daemon(instance):
 
 
 def main() -> int:
+    import dagster._core.execution.asset_backfill as asset_backfill
     import dagster._daemon.controller as controller
     from dagster import DagsterInstance
     from dagster._core.workspace.load_target import ModuleTarget
@@ -233,6 +369,10 @@ def main() -> int:
     from dagster._utils.interrupts import capture_interrupts
 
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = BACKFILL_LOOP_SECONDS
+    # the backfill iterations of this process hold back requests that would split a stage
+    asset_backfill.execute_asset_backfill_iteration_inner = holding_iteration(
+        asset_backfill.execute_asset_backfill_iteration_inner, lambda: HOLD["allowed"]
+    )
     controller.RELOAD_WORKSPACE_INTERVAL = WORKSPACE_RELOAD_SECONDS
     # a daemon that does not stop can say where each of its threads is
     faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -51,11 +51,15 @@ def _check_the_execution(home: Path) -> None:
         records = instance.get_run_records(dg.RunsFilter.for_backfill(backfill.backfill_id))
         runs = [r.dagster_run for r in records]
         assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
-        # batched: far fewer runs than asset partitions (16 assets x 12 partitions + 2 x 3): 13-15
-        # when each stage is requested whole, 25-26 when one timeframe's part of a stage is
-        # requested while another's parent run still goes and Dagster then runs the children of
-        # that partial request apart (README "Execution"); 55 unbatched
-        assert len(runs) <= 40, len(runs)
+        # batched: far fewer runs than asset partitions (16 assets x 12 + 2 x 3 + 2), at most
+        # the 16: 3 + 3 + 1 + 3 + 3 + 1 = 14 when each stage is requested whole (README
+        # "Execution"). 20 when the training stage was requested while one timeframe's meta layer
+        # still ran, and Dagster ran the ensemble and the signals apart, a run per timeframe each:
+        # the daemon now holds such a request until that run has finished (`holding_iteration`);
+        # 55 unbatched
+        assert len(runs) <= 16, [
+            sorted(k.to_user_string() for k in r.asset_selection) for r in runs
+        ]
         assert any("dagster/asset_partition_range_start" in run.tags for run in runs)
         # both cores: at least two runs overlapped in time
         spans = sorted((r.start_time, r.end_time) for r in records if r.start_time)
