@@ -240,3 +240,17 @@ def test_an_iteration_that_would_split_a_stage_is_held_until_the_run_in_flight_h
             instance.report_run_failed(going)  # (finished: how does not matter here)
             whole = _iterate(context, instance, backfill_id, hold=True, log=log)
             assert _runs_of(whole) == [{"champ", "ensemble", "trained"}] * 2, _runs_of(whole)
+
+
+def test_dagsters_backfill_iteration_calls_the_function_the_daemon_wraps() -> None:
+    """The daemon replaces `asset_backfill.execute_asset_backfill_iteration_inner` in its process;
+    that holds only while Dagster's iteration calls it through the module, by keyword (a Dagster
+    upgrade that calls the inner function another way must fail here, not drop the hold)."""
+    import inspect
+
+    import dagster._core.execution.asset_backfill as asset_backfill
+
+    source = inspect.getsource(asset_backfill.execute_asset_backfill_iteration)
+    assert "result = execute_asset_backfill_iteration_inner(\n" in source
+    for keyword in ("backfill_id=", "asset_backfill_data=", "asset_graph_view=", "logger="):
+        assert keyword in source.split("execute_asset_backfill_iteration_inner(", 1)[1][:600]
