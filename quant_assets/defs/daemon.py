@@ -236,8 +236,8 @@ def split_by_runs_in_flight(view, tick, in_flight, settled) -> list[str]:
     return found
 
 
-#: whether the backfill iteration may hold a split back (set by the settled daemon's loop: runs are
-#: in flight, nothing is being cancelled and the forced iteration is not due)
+#: whether the backfill iteration may hold a split back (set by the settled daemon's loop: nothing
+#: is being cancelled and the forced iteration is not due)
 HOLD = {"allowed": False}
 
 
@@ -328,11 +328,9 @@ def settled_backfill_daemon(instance):
                     canceling=canceling,
                     since_last=now - last_at,
                 )
-                # a split is held back only while runs are in flight (one of them may complete
-                # the stage) and never in the forced iteration
-                HOLD["allowed"] = bool(
-                    signature[2] and not canceling and now - last_at < 4 * SETTLE_MAX_SECONDS
-                )
+                # a split is never held back in the forced iteration or during a cancellation (a
+                # hold also needs an unfinished run of the backfill: `holding_iteration`)
+                HOLD["allowed"] = not canceling and now - last_at < 4 * SETTLE_MAX_SECONDS
                 if due:
                     yield SpanMarker.START_SPAN
                     try:
