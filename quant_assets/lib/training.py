@@ -46,6 +46,10 @@ CALIBRATIONS: tuple[str, ...] = ("isotonic", "sigmoid", "none")
 #: key, and ModelConfig.seed becomes its random_state.
 #: - lightgbm: LGBMClassifier. One thread, row-wise histograms and deterministic=True make two runs on
 #:   the same data build the same trees (multi-threaded histogram sums can differ in the last bit).
+#:   max_bin=63 (LightGBM's default is 255): 63 candidate thresholds per feature for trees of 15
+#:   leaves on noisy returns. Cross-validation and the final fit took 31 % less CPU, and the
+#:   out-of-fold AUC moved by -0.0004 (sd 0.0062 over 24 partitions, hold-out +0.0096 sd 0.0172):
+#:   no loss (`benchmarks/bench_lightgbm_bins.py`).
 #: - logistic: StandardScaler then an L2 (l1_ratio=0) LogisticRegression, in one Pipeline, so the
 #:   scaler is fitted on each fold's training rows only; params go to the LogisticRegression.
 #: - gradient_boosting: HistGradientBoostingClassifier (max_iter is its number of trees): 150 trees on
@@ -70,6 +74,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "subsample_freq": 1,
         "colsample_bytree": 0.8,
         "reg_lambda": 1.0,
+        "max_bin": 63,
         "n_jobs": 1,
         "deterministic": True,
         "force_row_wise": True,
@@ -643,6 +648,7 @@ _NATIVE_PARAMS = {
     "lambda_l1": "reg_alpha",
     "lambda_l2": "reg_lambda",
     "bin_construct_sample_cnt": "subsample_for_bin",
+    "max_bin": "max_bin",
     "num_threads": "n_jobs",
     "deterministic": "deterministic",
     "force_row_wise": "force_row_wise",

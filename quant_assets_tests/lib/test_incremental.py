@@ -177,6 +177,31 @@ def test_a_registry_booster_continues_like_its_classifier(ds, champion) -> None:
     assert from_booster.holdout.equals(from_classifier.holdout)
 
 
+def test_a_registry_booster_keeps_its_own_histogram_bins(ds) -> None:
+    """A champion registered before the default max_bin changed (LightGBM's 255) continues with
+    255 bins, as its classifier would, not with today's default of 63."""
+    head = TrainingDataset(ds.frame.head(BASE_ROWS), ds.feature_columns, ds.counts, ds.target)
+    plan = _plan(head)
+    old = train_with_cv(head, plan, ModelConfig(params={"n_estimators": 30, "max_bin": 255}))
+    assert make_model(ModelConfig()).get_params()["max_bin"] == 63
+    trained_through = head.frame["timestamp"][int(plan.dev_idx.max())]
+    loaded = Booster(model_str=old.model.booster_.model_to_string())
+    results = [
+        continue_training(
+            ds,
+            _plan(ds),
+            base,
+            old.calibrator,
+            trained_through,
+            feature_columns=old.feature_columns,
+            extra_trees=EXTRA,
+        )  # fmt: skip
+        for base in (loaded, old.model)
+    ]
+    assert [make_model(r.config).get_params()["max_bin"] for r in results] == [255, 255]
+    assert trees(results[0]) == trees(results[1])
+
+
 def trees(result: TrainingResult) -> str:
     """The model text from the first tree on (the parameter echo after the trees is left out)."""
     text = result.model.booster_.model_to_string()
