@@ -462,19 +462,76 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    prepare_instance_home(settings)
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    dagster = Path(sys.executable).with_name(
-        "dagster"
-    )  # the venv's, whether or not it is activated
-    argv = [str(dagster) if dagster.exists() else "dagster", "dev", "-p", str(args.port)]
-    argv += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
-    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(argv)}", flush=True)
+    """The Dagster UI on the project's instance: dagster-webserver, and beside it the execution
+    daemon with every daemon type (`python -m quant_assets.defs.daemon --all`), so that a backfill
+    launched from the UI is planned by the same settled, holding backfill daemon as the CLI's, and
+    schedules, sensors and automation run. Ctrl-C or SIGTERM stops both."""
+    import fcntl
+    import signal
+    import subprocess
+    import time
+
+    from quant_assets.defs.daemon import GRPC_TIMEOUT_SECONDS
     from quant_assets.lib.processes import run_process_env
 
-    # the UI's daemon and code servers start the run processes: one native math thread each
-    os.execvpe(argv[0], argv, run_process_env())
-    return 0  # not reached
+    home = prepare_instance_home(settings)
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    webserver = Path(sys.executable).with_name("dagster-webserver")  # the venv's, active or not
+    ui = [str(webserver) if webserver.exists() else "dagster-webserver"]
+    ui += ["-h", args.host, "-p", str(args.port)]
+    ui += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
+    daemon_argv = [sys.executable, "-m", "quant_assets.defs.daemon", "--all"]
+    # the daemon's code server starts the run processes: one native math thread each
+    env = run_process_env({"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ})
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+    # each child in its own session: Ctrl-C reaches this process only, which stops each child
+    # once (SIGTERM), instead of twice
+    children = {"dagster-webserver": subprocess.Popen(ui, env=env, start_new_session=True)}
+    print(f"DAGSTER_HOME={home} {' '.join(ui)}  (pid {children['dagster-webserver'].pid})")
+    print(f"the UI: http://{args.host}:{args.port}", flush=True)
+    # the lock an invocation's execution daemon holds (defs.backfills.ExecutionDaemon): one
+    # backfill daemon per instance; while an invocation's runs, it serves the UI's backfills too
+    lock = open(home / "daemon.lock", "w")  # noqa: SIM115
+    waiting = False
+    try:
+        while not stop:
+            if "daemon" not in children:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not waiting:
+                        print(
+                            "an invocation's execution daemon runs this instance's backfills "
+                            "(the UI's too); the UI's daemons start when it has finished",
+                            flush=True,
+                        )
+                    waiting = True
+                else:
+                    children["daemon"] = subprocess.Popen(
+                        daemon_argv, env=env, start_new_session=True
+                    )
+                    print(f"{' '.join(daemon_argv)}  (pid {children['daemon'].pid})", flush=True)
+            ended = {name: p.returncode for name, p in children.items() if p.poll() is not None}
+            if ended:
+                name, code = next(iter(ended.items()))
+                print(f"{name} exited with code {code}; stopping the rest", file=sys.stderr)
+                return code or 1
+            time.sleep(1)
+        return 0
+    finally:
+        for process in children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in children.items():
+            try:
+                process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop within 45 s: killed", file=sys.stderr)
+                process.kill()
+                process.wait()
+        lock.close()
 
 
 def _registry(settings: Settings):
@@ -820,7 +877,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=cmd_status)
 
-    dev = sub.add_parser("dev", help="open the Dagster UI (dagster dev) on the project's instance")
+    dev = sub.add_parser(
+        "dev",
+        help="open the Dagster UI on the project's instance: dagster-webserver and the execution "
+        "daemon with schedules, sensors and automation (Ctrl-C stops both)",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address the webserver listens on")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=cmd_dev)
 

@@ -3,7 +3,13 @@ run-queue and run-monitoring daemons (no schedules or sensors, so nothing but th
 runs), on the instance in DAGSTER_HOME, loading the code location from `quant_assets.definitions`.
 
     python -m quant_assets.defs.daemon        # stops cleanly on SIGINT / SIGTERM
+    python -m quant_assets.defs.daemon --all  # every daemon the instance needs (quant-assets dev)
     kill -USR1 <pid>                          # prints every thread's stack to its log
+
+With `--all` (what `quant-assets dev` runs beside the webserver) it also runs the schedules,
+sensors and declarative automation, and reloads the code location every
+`DEV_WORKSPACE_RELOAD_SECONDS` as `dagster dev` does, so that backfills launched from the UI are
+planned by the same settled, holding backfill daemon as the CLI's.
 
 The backfill daemon normally looks for work every 30 s; a backfill of a pipeline waits for that
 between every stage, so this process looks every `BACKFILL_LOOP_SECONDS` (1 s). It does not run a
@@ -45,8 +51,14 @@ SETTLE_QUIET_SECONDS = 2.0
 #: 15-minute rebuild); the execution daemon lives for one invocation, whose runs should all run
 #: the code it started with, so it loads the code once
 WORKSPACE_RELOAD_SECONDS = 24 * 3600
-#: the daemons this process runs
+#: with --all (quant-assets dev): the code is edited while the UI is open, so it is reloaded as
+#: `dagster dev`'s daemon reloads it
+DEV_WORKSPACE_RELOAD_SECONDS = 60
+#: the daemons this process runs (with --all: every daemon the instance requires)
 DAEMON_TYPES = ("BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING")
+#: seconds between the automation daemon's evaluations when the instance does not set it: Dagster's
+#: default (`DEFAULT_DAEMON_INTERVAL_SECONDS`, which this process lowers for the backfill loop)
+AUTOMATION_INTERVAL_SECONDS = 30
 #: seconds a call to the code server (StartRun) may take: Dagster's 60 s default fails runs at
 #: launch on a machine saturated by the runs themselves (measured at load average 20 on 2 cores).
 #: Dagster reads it when its gRPC client is imported, so the CLI sets it in this process's
@@ -358,20 +370,60 @@ def settled_backfill_daemon(instance):
     return SettledBackfillDaemon(settings=instance.get_backfill_settings())
 
 
-def main() -> int:
+def daemon_of_type(kind: str, instance):
+    """Dagster's daemon of this type, the backfill daemon settled and holding; the automation
+    daemon at Dagster's own interval, not the backfill loop's."""
+    from dagster._daemon.asset_daemon import AssetDaemon
+    from dagster._daemon.controller import create_daemon_of_type
+
+    if kind == "BACKFILL":
+        return settled_backfill_daemon(instance)
+    if kind == AssetDaemon.daemon_type():
+        interval = instance.auto_materialize_minimum_interval_seconds
+        return AssetDaemon(
+            settings=instance.get_auto_materialize_settings(),
+            pre_sensor_interval_seconds=interval or AUTOMATION_INTERVAL_SECONDS,
+        )
+    return create_daemon_of_type(kind, instance)
+
+
+def _arguments(argv: list[str] | None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m quant_assets.defs.daemon",
+        description="Dagster's backfill, run-queue and run-monitoring daemons on the instance in "
+        "DAGSTER_HOME, with backfill iterations that wait for a stage's batches to be stored "
+        "(the CLI starts it for the length of an invocation). SIGINT or SIGTERM stops it; "
+        "SIGUSR1 prints every thread's stack to its log.",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every daemon the instance requires (schedules, sensors, automation too), reloading "
+        f"the code every {DEV_WORKSPACE_RELOAD_SECONDS} s: what `quant-assets dev` runs beside "
+        "the webserver",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     import dagster._core.execution.asset_backfill as asset_backfill
     import dagster._daemon.controller as controller
     from dagster import DagsterInstance
     from dagster._core.workspace.load_target import ModuleTarget
-    from dagster._daemon.controller import create_daemon_of_type, daemon_controller_from_instance
+    from dagster._daemon.controller import daemon_controller_from_instance
     from dagster._utils.interrupts import capture_interrupts
 
+    args = _arguments(argv)
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = BACKFILL_LOOP_SECONDS
     # the backfill iterations of this process hold back requests that would split a stage
     asset_backfill.execute_asset_backfill_iteration_inner = holding_iteration(
         asset_backfill.execute_asset_backfill_iteration_inner, lambda: HOLD["allowed"]
     )
-    controller.RELOAD_WORKSPACE_INTERVAL = WORKSPACE_RELOAD_SECONDS
+    controller.RELOAD_WORKSPACE_INTERVAL = (
+        DEV_WORKSPACE_RELOAD_SECONDS if args.all else WORKSPACE_RELOAD_SECONDS
+    )
     # a daemon that does not stop can say where each of its threads is
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # SIGTERM (from the CLI or a supervisor) stops the daemon like Ctrl-C: threads wind down,
@@ -385,14 +437,9 @@ def main() -> int:
     )
 
     def daemons(instance: DagsterInstance):
-        wanted = set(DAEMON_TYPES) & set(instance.get_required_daemon_types())
-        return [
-            settled_backfill_daemon(instance)
-            if kind == "BACKFILL"
-            else create_daemon_of_type(kind, instance)
-            for kind in DAEMON_TYPES
-            if kind in wanted
-        ]
+        required = instance.get_required_daemon_types()
+        kinds = required if args.all else [k for k in DAEMON_TYPES if k in required]
+        return [daemon_of_type(kind, instance) for kind in kinds]
 
     try:
         with (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -186,11 +187,14 @@ mutation($params: LaunchBackfillParams!) {
 }"""
 
 
-def test_a_backfill_launched_as_the_ui_does_gives_the_cli_results(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The UI's "Materialize all" of ohlcv, features and labels (GraphQL launchPartitionBackfill
-    on a real dagster-webserver), executed by the same daemon, equals the CLI's results."""
+def test_a_backfill_launched_from_quant_assets_dev_gives_the_cli_results(tmp_path: Path) -> None:
+    """`quant-assets dev` runs the webserver and the execution daemon with every daemon the
+    instance requires; the UI's "Materialize all" of ohlcv, features and labels (GraphQL
+    launchPartitionBackfill on that webserver) is executed by that daemon and equals the CLI's
+    results; Ctrl-C stops the webserver and the daemon."""
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._daemon.controller import all_daemons_healthy
+
     ui, cli = tmp_path / "ui", tmp_path / "cli"
     ui.mkdir()
     cli.mkdir()
@@ -201,23 +205,11 @@ def test_a_backfill_launched_as_the_ui_does_gives_the_cli_results(
     assert _cli(cli, env_cli, "materialize", "--select", "*labels").returncode == 0
 
     port = _free_port()
-    home = ui / ".dagster_home"
-    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
-    webserver = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-webserver")),
-            "-w",
-            str(workspace),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=ui,
-        env={**env_ui, "DAGSTER_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out = ui / "dev.out"
+    with open(out, "w") as sink:
+        dev = subprocess.Popen(
+            [CLI, "dev", "--port", str(port)], cwd=ui, env=env_ui, stdout=sink, stderr=sink
+        )
     try:
 
         def up() -> bool:
@@ -227,6 +219,10 @@ def test_a_backfill_launched_as_the_ui_does_gives_the_cli_results(
                 return False
 
         _wait_for(up, 120, "dagster-webserver to answer")
+        instance = _instance(ui)
+        required = set(instance.get_required_daemon_types())
+        assert {"SCHEDULER", "SENSOR", "ASSET", "BACKFILL", "QUEUED_RUN_COORDINATOR"} <= required
+        _wait_for(lambda: all_daemons_healthy(instance), 120, f"heartbeats of {sorted(required)}")
         params = {
             "assetSelection": [{"path": [name]} for name in ("ohlcv", "features", "labels")],
             "allPartitions": True,
@@ -234,25 +230,37 @@ def test_a_backfill_launched_as_the_ui_does_gives_the_cli_results(
         answer = _graphql(port, LAUNCH_BACKFILL, {"params": params})
         launched = answer["data"]["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", answer
-    finally:
-        webserver.terminate()
-        webserver.wait(timeout=60)
 
-    # the UI needs a daemon: what `quant-assets dev` runs; here the CLI's execution daemon
-    from quant_assets.defs.backfills import ExecutionDaemon, follow_backfill
+        def done() -> bool:
+            return (
+                instance.get_backfill(launched["backfillId"]).status != BulkActionStatus.REQUESTED
+            )
 
-    saved = os.environ.copy()
-    os.environ.clear()
-    os.environ.update({**env_ui, "DAGSTER_HOME": str(home)})
-    try:
-        with dg.DagsterInstance.get() as instance, ExecutionDaemon(instance, print) as daemon:
-            os.chdir(ui)
-            progress, interrupted = follow_backfill(instance, launched["backfillId"], daemon, print)
+        _wait_for(done, 300, "the UI's backfill to finish")
+        assert (
+            instance.get_backfill(launched["backfillId"]).status
+            == BulkActionStatus.COMPLETED_SUCCESS
+        )
+        runs = instance.get_run_records(dg.RunsFilter.for_backfill(launched["backfillId"]))
+        assert runs and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        # planned as the CLI's: two stages (ohlcv; features with labels), each split over the run
+        # queue's 2 slots
+        stages = sorted(sorted(k.path[-1] for k in r.dagster_run.asset_selection) for r in runs)
+        assert stages == [["features", "labels"]] * 2 + [["ohlcv"]] * 2, stages
+        dev.send_signal(signal.SIGINT)  # Ctrl-C
+        assert dev.wait(timeout=90) == 0, out.read_text()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert interrupted is None and progress.status == "COMPLETED_SUCCESS"
-    assert progress.done == progress.total == 3 * len(symbols)
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    text = out.read_text()
+    assert "quant_assets.defs.daemon --all" in text, text
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
+    assert len(pids) == 2, text
+    for pid in pids:  # the webserver and the daemon stopped with it (and were reaped)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
     for symbol in symbols:
         for asset in ("ohlcv", "features", "labels"):
             ours = pl.read_parquet(ui / "artifacts" / asset / symbol / "1d.parquet")
