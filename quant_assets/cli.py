@@ -471,8 +471,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     import subprocess
     import time
 
-    from quant_assets.defs.daemon import GRPC_TIMEOUT_SECONDS
-    from quant_assets.lib.processes import run_process_env
+    from quant_assets.defs.backfills import DAEMON_LOCK, daemon_process_env
 
     home = prepare_instance_home(settings)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -481,8 +480,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     ui += ["-h", args.host, "-p", str(args.port)]
     ui += ["-w", str(workspace)] if workspace.exists() else ["-m", "quant_assets.definitions"]
     daemon_argv = [sys.executable, "-m", "quant_assets.defs.daemon", "--all"]
-    # the daemon's code server starts the run processes: one native math thread each
-    env = run_process_env({"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ})
+    env = daemon_process_env()
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
@@ -493,7 +491,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     print(f"the UI: http://{args.host}:{args.port}", flush=True)
     # the lock an invocation's execution daemon holds (defs.backfills.ExecutionDaemon): one
     # backfill daemon per instance; while an invocation's runs, it serves the UI's backfills too
-    lock = open(home / "daemon.lock", "w")  # noqa: SIM115
+    lock = open(home / DAEMON_LOCK, "w")  # noqa: SIM115
     waiting = False
     try:
         while not stop:

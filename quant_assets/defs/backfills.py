@@ -162,6 +162,17 @@ def submit_backfill(
 # ---------------------------------------------------------------- the daemon
 
 
+#: the lock file in DAGSTER_HOME held by whoever runs the instance's execution daemon (an
+#: invocation's ExecutionDaemon, or `quant-assets dev`): one backfill daemon per instance
+DAEMON_LOCK = "daemon.lock"
+
+
+def daemon_process_env() -> dict[str, str]:
+    """The execution daemon's environment: its code server starts the run processes (one native
+    math thread each), and its calls to the code server may take GRPC_TIMEOUT_SECONDS."""
+    return run_process_env({"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ})
+
+
 def backfill_daemon_alive(instance: dg.DagsterInstance) -> bool:
     """A backfill daemon (ours, `dagster dev`'s or a deployment's) heartbeats on this instance."""
     from dagster._daemon.controller import get_daemon_statuses
@@ -208,9 +219,7 @@ class ExecutionDaemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "quant_assets.defs.daemon"],
             # its code server's run processes and the warm workers inherit one native math thread
-            env=run_process_env(
-                {"DAGSTER_GRPC_TIMEOUT_SECONDS": GRPC_TIMEOUT_SECONDS, **os.environ}
-            ),
+            env=daemon_process_env(),
             stdout=sink,
             stderr=subprocess.STDOUT if sink else None,
             start_new_session=True,  # Ctrl-C in the terminal reaches the CLI, which cancels first
@@ -224,7 +233,7 @@ class ExecutionDaemon:
 
         if self._lock is not None:
             return True
-        handle = open(Path(self.instance.root_directory) / "daemon.lock", "w")  # noqa: SIM115
+        handle = open(Path(self.instance.root_directory) / DAEMON_LOCK, "w")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
